@@ -1,0 +1,1 @@
+"""Image model family: DeepDanbooru-style tagger, illust2vec encoder, deepix heads."""

@@ -1,0 +1,62 @@
+"""The model repository: TF-Serving's layout, the one contract between training/import and serving.
+
+    <root>/<model>/<version>/saved_model.pb + variables/   (one SavedModel per version)
+    <root>/models.config                                   (ModelServerConfig for tensorflow_model_server)
+
+Signatures (what the service relies on):
+  image models  serving_default(image_bytes: string[N]) -> tagger: scores[N,T];
+                illust2vec: embedding[N,D]; deepix: bookmarks[N,15], views[N,15], sanity[N,5]
+  tagger        labels() -> names: string[T], categories: string[T]
+  text models   serving_default(text: string[N]) -> embedding[N,D]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SAVED_MODEL_FILE = "saved_model.pb"
+
+
+def versions(root: Path, name: str) -> list[int]:
+    """Versions of a model that hold a SavedModel, ascending."""
+    base = root / name
+    if not base.is_dir():
+        return []
+    return sorted(int(p.name) for p in base.iterdir() if p.name.isdigit() and (p / SAVED_MODEL_FILE).exists())
+
+
+def latest_version(root: Path, name: str) -> int | None:
+    found = versions(root, name)
+    return found[-1] if found else None
+
+
+def next_version_dir(root: Path, name: str) -> Path:
+    """Directory for a new version (one above the highest present, files or not)."""
+    base = root / name
+    taken = [int(p.name) for p in base.iterdir() if p.name.isdigit()] if base.is_dir() else []
+    return base / str(max(taken, default=0) + 1)
+
+
+def model_names(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and versions(root, p.name)) if root.is_dir() else []
+
+
+def models_config(root: Path, base_path: str = "/models") -> str:
+    """ModelServerConfig text proto listing every model, with base paths as TF-Serving will see them."""
+    lines = ["model_config_list {"]
+    for name in model_names(root):
+        lines += [
+            "  config {",
+            f'    name: "{name}"',
+            f'    base_path: "{base_path.rstrip("/")}/{name}"',
+            '    model_platform: "tensorflow"',
+            "  }",
+        ]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def write_models_config(root: Path, base_path: str = "/models") -> Path:
+    path = root / "models.config"
+    path.write_text(models_config(root, base_path))
+    return path

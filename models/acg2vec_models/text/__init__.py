@@ -1,0 +1,1 @@
+"""Text model family: acgvoc2vec sentence encoders."""

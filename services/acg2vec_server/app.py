@@ -1,0 +1,147 @@
+"""Assembles the server from typed settings: backends, domain, servicers, health, reflection, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from acg2vec.v1 import (
+    image_feature_pb2,
+    image_feature_pb2_grpc,
+    search_pb2,
+    search_pb2_grpc,
+    tagging_pb2,
+    tagging_pb2_grpc,
+    text_feature_pb2,
+    text_feature_pb2_grpc,
+)
+from acg2vec_server.backends.embedded_redis import EmbeddedRedis
+from acg2vec_server.backends.inference import InferenceBackend
+from acg2vec_server.backends.metadata import RedisMetadataStore
+from acg2vec_server.backends.vectors import MilvusVectorStore
+from acg2vec_server.domain.service import Domain
+from acg2vec_server.health import LIVENESS, HealthMonitor
+from acg2vec_server.interceptors import ObservabilityInterceptor
+from acg2vec_server.servicers.services import (
+    ImageFeatureServicer,
+    SearchServicer,
+    TaggingServicer,
+    TextFeatureServicer,
+)
+from acg2vec_server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    tagging_pb2.DESCRIPTOR.services_by_name["TaggingService"].full_name,
+    image_feature_pb2.DESCRIPTOR.services_by_name["ImageFeatureService"].full_name,
+    text_feature_pb2.DESCRIPTOR.services_by_name["TextFeatureService"].full_name,
+    search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name,
+    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+    reflection.SERVICE_NAME,
+)
+
+
+def make_inference(settings: Settings) -> InferenceBackend:
+    if settings.inference_backend == "tfserving":
+        from acg2vec_server.backends.tfserving import TFServingBackend
+
+        return TFServingBackend(settings.tfserving_target, settings.inference_timeout_s, settings.max_message_bytes)
+    from acg2vec_server.backends.inprocess import InProcessBackend
+
+    return InProcessBackend(settings.models_root, settings.inference_threads)
+
+
+@dataclass
+class Application:
+    settings: Settings
+    server: grpc.aio.Server | None = None
+    port: int = 0
+    domain: Domain | None = None
+    monitor: HealthMonitor | None = None
+    embedded_redis: EmbeddedRedis | None = None
+    _closers: list = field(default_factory=list)
+
+    async def start(self) -> int:
+        s = self.settings
+        redis_url = s.redis_url
+        if not redis_url:
+            self.embedded_redis = EmbeddedRedis(s.data_dir / "redis", s.embedded_redis_port, s.tendis_compat)
+            await asyncio.to_thread(self.embedded_redis.start)
+            redis_url = self.embedded_redis.url
+        inference = make_inference(s)
+        meta = RedisMetadataStore(redis_url, s.redis_key_prefix, s.redis_timeout_s)
+        vectors = MilvusVectorStore(
+            s.milvus_uri, s.milvus_collection, s.milvus_token, s.milvus_index_type,
+            s.hnsw_m, s.hnsw_ef_construction, s.hnsw_ef_search, s.milvus_timeout_s,
+        )  # fmt: skip
+        self._closers = [inference.close, meta.close, vectors.close]
+        self.domain = Domain.build(s, inference, meta, vectors)
+
+        options = [
+            ("grpc.max_send_message_length", s.max_message_bytes),
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        self.server = grpc.aio.server(interceptors=[ObservabilityInterceptor(s.access_log)], options=options)
+        tagging_pb2_grpc.add_TaggingServiceServicer_to_server(TaggingServicer(self.domain), self.server)
+        image_feature_pb2_grpc.add_ImageFeatureServiceServicer_to_server(ImageFeatureServicer(self.domain), self.server)
+        text_feature_pb2_grpc.add_TextFeatureServiceServicer_to_server(TextFeatureServicer(self.domain), self.server)
+        search_pb2_grpc.add_SearchServiceServicer_to_server(SearchServicer(self.domain), self.server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
+        reflection.enable_server_reflection(SERVICE_NAMES, self.server)
+        self.port = self.server.add_insecure_port(s.listen)
+        if self.port == 0:
+            raise RuntimeError(f"cannot bind {s.listen}: the port is taken; set --listen / ACG2VEC_LISTEN")
+
+        self.monitor = HealthMonitor(health_servicer, self.domain, inference, meta, vectors, s.health_probe_interval_s)
+        await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+        serving = await self.monitor.probe_once()
+        for service, up in serving.items():
+            if not up:
+                log.warning("%s starts NOT_SERVING: %s", service, "; ".join(self.monitor.problems.values()))
+        if "collection" not in self.monitor.problems and "metadata" not in self.monitor.problems:
+            await self.domain.illustrations.repair()
+        self.monitor.start()
+        await self.server.start()
+        log.info("acg2vec listening on %s (port %d)", s.listen, self.port)
+        return self.port
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Graceful: NOT_SERVING first, then in-flight calls get grace_s to finish, then backends close."""
+        if self.monitor is not None:
+            await self.monitor.stop()
+        if self.server is not None:
+            await self.server.stop(self.settings.grace_period_s if grace_s is None else grace_s)
+        for close in self._closers:
+            try:
+                await close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                log.exception("error while closing a backend")
+        if self.embedded_redis is not None:
+            await asyncio.to_thread(self.embedded_redis.stop)
+
+
+async def serve(settings: Settings) -> None:
+    """Runs until SIGTERM/SIGINT, then shuts down gracefully."""
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        host = settings.listen.rsplit(":", 1)[0].strip("[]") or "0.0.0.0"
+        start_http_server(settings.metrics_port, addr=host if host not in ("", "::") else "0.0.0.0")
+    app = Application(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await app.start()
+    await stop.wait()
+    log.info("shutting down: draining in-flight calls for up to %.0fs", settings.grace_period_s)
+    await app.stop()

@@ -1,0 +1,110 @@
+"""In-process inference: the repository's SavedModels loaded with TensorFlow (the embedded default).
+
+Like TF-Serving it serves the newest version of each model and picks up a newer one when it appears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from acg2vec_models import repository
+from acg2vec_server.backends.inference import (
+    InferenceInputError,
+    ModelDescription,
+    ModelNotInstalled,
+    signature_infos,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Loaded:
+    description: ModelDescription
+    module: Any
+
+
+def read_signature_defs(path: Path) -> dict[str, Any]:
+    """SignatureDefs straight from saved_model.pb, exactly what TF-Serving's GetModelMetadata returns."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((path / repository.SAVED_MODEL_FILE).read_bytes())
+    return dict(saved.meta_graphs[0].signature_def)
+
+
+class InProcessBackend:
+    name = "inference"
+
+    def __init__(self, root: Path, threads: int = 2):
+        self.root = root
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tf")
+        self._models: dict[str, _Loaded] = {}
+        self._lock = threading.Lock()
+
+    def _load(self, model: str) -> _Loaded:
+        version = repository.latest_version(self.root, model)
+        with self._lock:
+            current = self._models.get(model)
+            if version is None:
+                if current is not None and not (self.root / model / str(current.description.version)).exists():
+                    del self._models[model]  # removed from the repository: unload, as TF-Serving does
+                    current = None
+                if current is None:
+                    raise ModelNotInstalled(
+                        model, f"no SavedModel under {self.root / model}/<version>/; run `acg2vec models build-defaults`"
+                    )
+                return current
+            if current is not None and current.description.version == version:
+                return current
+            import tensorflow as tf
+
+            path = self.root / model / str(version)
+            log.info("loading model %s version %d from %s", model, version, path)
+            module = tf.saved_model.load(str(path))
+            loaded = _Loaded(ModelDescription(model, version, signature_infos(read_signature_defs(path))), module)
+            self._models[model] = loaded
+            return loaded
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def describe(self, model: str) -> ModelDescription:
+        return (await self._run(self._load, model)).description
+
+    def _predict(self, model: str, inputs: Mapping[str, np.ndarray], signature: str) -> tuple[dict[str, np.ndarray], int]:
+        import tensorflow as tf
+
+        loaded = self._load(model)
+        try:
+            fn = loaded.module.signatures[signature]
+        except KeyError:
+            raise ModelNotInstalled(model, f"it has no signature '{signature}'") from None
+        try:
+            out = fn(**{k: tf.constant(v) for k, v in inputs.items()})
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
+            raise InferenceInputError(e.message.split("\n")[0]) from None
+        return {k: v.numpy() for k, v in out.items()}, loaded.description.version
+
+    async def predict(
+        self, model: str, inputs: Mapping[str, np.ndarray], signature: str = "serving_default"
+    ) -> tuple[dict[str, np.ndarray], int]:
+        return await self._run(self._predict, model, inputs, signature)
+
+    async def ping(self) -> None:
+        if not self.root.is_dir():
+            from acg2vec_server.errors import BackendUnavailable
+
+            raise BackendUnavailable(self.name, f"model repository {self.root} does not exist")
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

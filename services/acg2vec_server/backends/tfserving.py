@@ -1,0 +1,84 @@
+"""TF-Serving adapter: PredictionService.Predict and GetModelMetadata over gRPC (tensorflow-serving-api)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
+
+from acg2vec_server.backends.inference import (
+    InferenceInputError,
+    ModelDescription,
+    ModelNotInstalled,
+    signature_infos,
+)
+from acg2vec_server.errors import BackendUnavailable
+
+_UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+
+
+class TFServingBackend:
+    name = "inference"
+
+    def __init__(self, target: str, timeout_s: float = 30.0, max_message_bytes: int = 64 * 1024 * 1024):
+        self.target = target
+        self.timeout_s = timeout_s
+        self._channel = grpc.aio.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 2000),
+            ],
+        )
+        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+
+    def _error(self, model: str, e: grpc.aio.AioRpcError) -> Exception:
+        code = e.code()
+        if code in _UNREACHABLE:
+            return BackendUnavailable(self.name, f"TF-Serving at {self.target} is unreachable ({code.name}); retry later")
+        if code == grpc.StatusCode.NOT_FOUND:
+            return ModelNotInstalled(model, f"TF-Serving at {self.target} does not serve it ({e.details()})")
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            return InferenceInputError(e.details() or "invalid input")
+        return BackendUnavailable(self.name, f"TF-Serving at {self.target} failed: {code.name}: {e.details()}")
+
+    async def describe(self, model: str) -> ModelDescription:
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        request.model_spec.name = model
+        try:
+            response = await self._stub.GetModelMetadata(request, timeout=self.timeout_s)
+        except grpc.aio.AioRpcError as e:
+            raise self._error(model, e) from None
+        defs = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(defs)
+        return ModelDescription(model, response.model_spec.version.value, signature_infos(defs.signature_def))
+
+    async def predict(
+        self, model: str, inputs: Mapping[str, np.ndarray], signature: str = "serving_default"
+    ) -> tuple[dict[str, np.ndarray], int]:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model
+        request.model_spec.signature_name = signature
+        for key, value in inputs.items():
+            request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+        try:
+            response = await self._stub.Predict(request, timeout=self.timeout_s)
+        except grpc.aio.AioRpcError as e:
+            raise self._error(model, e) from None
+        outputs = {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+        return outputs, response.model_spec.version.value
+
+    async def ping(self) -> None:
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), timeout=min(2.0, self.timeout_s))
+        except (TimeoutError, asyncio.TimeoutError):
+            raise BackendUnavailable(self.name, f"TF-Serving at {self.target} is unreachable; retry later") from None
+
+    async def close(self) -> None:
+        await self._channel.close()

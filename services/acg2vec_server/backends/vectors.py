@@ -1,0 +1,225 @@
+"""Vector store: illustration vectors in Milvus through pymilvus' MilvusClient.
+
+A file path as URI means Milvus Lite (embedded, one process holds it); http://host:19530 a Milvus
+server or cluster. One collection holds, per illustration, the illust2vec image vector, the text vector
+of its tags, and the filterable fields (rating, tags, custom fields) so that filters apply inside the
+ANN search rather than after it. Cosine metric on L2-normalised vectors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from acg2vec_server.domain.types import RATINGS, SearchFilter, Space, VectorHit, VectorRow
+from acg2vec_server.errors import BackendUnavailable, FailedPrecondition
+
+log = logging.getLogger(__name__)
+
+MAX_TAGS = 256
+MAX_TAG_CHARS = 256
+#: Milvus' limit on offset + limit of one search.
+MAX_WINDOW = 16384
+
+
+class VectorStore(Protocol):
+    async def ensure_collection(self, image_dim: int, text_dim: int) -> None: ...
+    async def upsert(self, rows: list[VectorRow]) -> None: ...
+    async def delete(self, ids: list[str]) -> None: ...
+    async def search(
+        self, space: Space, vector: np.ndarray, limit: int, offset: int, flt: SearchFilter, exclude_id: str = ""
+    ) -> list[VectorHit]: ...
+    async def get_vectors(self, ids: list[str], space: Space) -> dict[str, np.ndarray]: ...
+    async def count(self) -> int: ...
+    async def ping(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+def _literal(value: str) -> str:
+    """A Milvus string literal (Milvus Lite has no filter templating, so values are escaped here)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def filter_expression(flt: SearchFilter, exclude_id: str = "") -> str:
+    """Milvus boolean expression for a SearchFilter; every user value goes through _literal."""
+    parts: list[str] = []
+    if flt.ratings:
+        parts.append(f"rating in [{', '.join(str(RATINGS.index(r) + 1) for r in flt.ratings)}]")
+    if flt.required_tags:
+        parts.append(f"array_contains_all(tags, [{', '.join(_literal(t) for t in flt.required_tags)}])")
+    if flt.excluded_tags:
+        parts.append(f"not array_contains_any(tags, [{', '.join(_literal(t) for t in flt.excluded_tags)}])")
+    for key, value in sorted(flt.fields.items()):
+        parts.append(f"fields[{_literal(key)}] == {_literal(value)}")
+    if exclude_id:
+        parts.append(f"id != {_literal(exclude_id)}")
+    return " and ".join(parts)
+
+
+class MilvusVectorStore:
+    name = "vectors"
+
+    def __init__(
+        self,
+        uri: str,
+        collection: str,
+        token: str = "",
+        index_type: str = "HNSW",
+        hnsw_m: int = 16,
+        hnsw_ef_construction: int = 200,
+        hnsw_ef_search: int = 128,
+        timeout_s: float = 10.0,
+    ):
+        self.uri = uri
+        self.collection = collection
+        self.token = token
+        self.index_type = index_type
+        self.hnsw = {"M": hnsw_m, "efConstruction": hnsw_ef_construction}
+        self.ef_search = hnsw_ef_search
+        self.timeout_s = timeout_s
+        self.is_lite = not uri.startswith(("http://", "https://", "tcp://", "unix:"))
+        # One thread: Milvus Lite is one embedded engine; a server client is cheap to serialise too.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="milvus")
+        self._client: Any = None
+        self.dims: tuple[int, int] | None = None
+
+    # -- plumbing
+    def _connect(self) -> Any:
+        if self._client is None:
+            from pymilvus import MilvusClient
+
+            if self.is_lite:
+                Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
+            self._client = MilvusClient(uri=self.uri, token=self.token, timeout=self.timeout_s)
+        return self._client
+
+    async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        def call() -> Any:
+            try:
+                return fn(self._connect(), *args, **kwargs)
+            except (FailedPrecondition, BackendUnavailable):
+                raise
+            except Exception as e:  # pymilvus raises MilvusException and grpc errors for connection failures
+                self._drop_client()
+                raise BackendUnavailable(self.name, f"vector store (Milvus) at {self.uri} failed: {e}; retry later") from None
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    def _drop_client(self) -> None:
+        if self._client is not None and not self.is_lite:
+            try:
+                self._client.close()
+            except Exception:  # noqa: BLE001 - best effort on a broken connection
+                pass
+            self._client = None
+
+    # -- schema
+    def _ensure(self, client: Any, image_dim: int, text_dim: int) -> None:
+        from pymilvus import DataType, MilvusClient
+
+        if client.has_collection(self.collection):
+            fields = {f["name"]: f for f in client.describe_collection(self.collection)["fields"]}
+            have = (int(fields["image_vector"]["params"]["dim"]), int(fields["text_vector"]["params"]["dim"]))
+            if have != (image_dim, text_dim):
+                raise FailedPrecondition(
+                    f"collection '{self.collection}' holds vectors of dimensions {have} but the models give "
+                    f"{(image_dim, text_dim)}; set ACG2VEC_MILVUS_COLLECTION to a new name and re-index "
+                    "(`acg2vec index`), or reinstall the models the collection was built with"
+                )
+        else:
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=256)
+            schema.add_field("image_vector", DataType.FLOAT_VECTOR, dim=image_dim)
+            schema.add_field("text_vector", DataType.FLOAT_VECTOR, dim=text_dim)
+            schema.add_field("rating", DataType.INT8)
+            schema.add_field(
+                "tags", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=MAX_TAGS, max_length=MAX_TAG_CHARS
+            )
+            schema.add_field("fields", DataType.JSON)
+            index = client.prepare_index_params()
+            params = self.hnsw if self.index_type == "HNSW" else {}
+            for field_name in ("image_vector", "text_vector"):
+                index.add_index(field_name, index_type=self.index_type, metric_type="COSINE", params=params)
+            client.create_collection(self.collection, schema=schema, index_params=index)
+            log.info("created Milvus collection %s (%s, dims %d/%d)", self.collection, self.index_type, image_dim, text_dim)
+        client.load_collection(self.collection)
+        self.dims = (image_dim, text_dim)
+
+    async def ensure_collection(self, image_dim: int, text_dim: int) -> None:
+        await self._run(self._ensure, image_dim, text_dim)
+
+    def _require(self) -> None:
+        if self.dims is None:
+            raise FailedPrecondition("the vector collection is not ready: models are missing or still loading; retry later")
+
+    # -- data
+    async def upsert(self, rows: list[VectorRow]) -> None:
+        self._require()
+        data = [
+            {
+                "id": r.id,
+                "image_vector": np.asarray(r.image_vector, np.float32).tolist(),
+                "text_vector": np.asarray(r.text_vector, np.float32).tolist(),
+                "rating": RATINGS.index(r.rating) + 1 if r.rating in RATINGS else 0,
+                "tags": [t[:MAX_TAG_CHARS] for t in r.tags[:MAX_TAGS]],
+                "fields": json.loads(json.dumps(r.fields)),
+            }
+            for r in rows
+        ]
+        await self._run(lambda c: c.upsert(self.collection, data))
+
+    async def delete(self, ids: list[str]) -> None:
+        self._require()
+        await self._run(lambda c: c.delete(self.collection, ids=ids))
+
+    async def search(
+        self, space: Space, vector: np.ndarray, limit: int, offset: int, flt: SearchFilter, exclude_id: str = ""
+    ) -> list[VectorHit]:
+        self._require()
+        params: dict[str, Any] = {"metric_type": "COSINE"}
+        if self.index_type == "HNSW":
+            params["params"] = {"ef": max(self.ef_search, limit + offset)}
+        result = await self._run(
+            lambda c: c.search(
+                self.collection,
+                data=[np.asarray(vector, np.float32).tolist()],
+                anns_field=f"{space}_vector",
+                limit=limit,
+                offset=offset,
+                filter=filter_expression(flt, exclude_id),
+                output_fields=["id"],
+                search_params=params,
+            )
+        )
+        return [VectorHit(hit["id"], float(hit["distance"])) for hit in result[0]]
+
+    async def get_vectors(self, ids: list[str], space: Space) -> dict[str, np.ndarray]:
+        self._require()
+        if not ids:
+            return {}
+        field_name = f"{space}_vector"
+        rows = await self._run(lambda c: c.get(self.collection, ids=ids, output_fields=[field_name]))
+        return {row["id"]: np.asarray(row[field_name], np.float32) for row in rows}
+
+    async def count(self) -> int:
+        self._require()
+        rows = await self._run(lambda c: c.query(self.collection, filter="", output_fields=["count(*)"]))
+        return int(rows[0]["count(*)"])
+
+    async def ping(self) -> None:
+        await self._run(lambda c: c.has_collection(self.collection))
+
+    async def close(self) -> None:
+        def shut() -> None:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, shut)
+        self._executor.shutdown(wait=True)

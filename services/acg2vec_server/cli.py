@@ -1,0 +1,177 @@
+"""`acg2vec` command line: serve, manage models, repair the stores, run the TF-Serving emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from acg2vec_server.settings import Settings
+
+
+def settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """One --flag per Settings field (flags override ACG2VEC_* env vars, which override defaults)."""
+    for name, info in reversed(list(Settings.model_fields.items())):
+        hint = str(info.annotation)
+        kind: Any = str
+        if info.annotation is bool:
+            kind = bool
+        elif info.annotation is int:
+            kind = int
+        elif info.annotation is float:
+            kind = float
+        elif typing.get_origin(info.annotation) is typing.Literal:
+            kind = click.Choice(typing.get_args(info.annotation))
+        help_text = (info.description or "") + f" [env ACG2VEC_{name.upper()}; default {info.default!s}]"
+        flag = f"--{name.replace('_', '-')}"
+        if kind is bool:
+            flag = f"{flag}/--no-{name.replace('_', '-')}"
+        fn = click.option(flag, name, type=None if kind is bool else kind, default=None, help=help_text, show_default=False)(fn)
+        del hint
+    return fn
+
+
+def make_settings(overrides: dict[str, Any]) -> Settings:
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("absl", "tensorflow", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
+def main() -> None:
+    """acg2vec: tag anime illustrations, embed images and text, search similar illustrations (gRPC)."""
+
+
+@main.command()
+@settings_options
+def serve(**overrides: Any) -> None:
+    """Run the gRPC server (embedded backends unless configured otherwise)."""
+    from acg2vec_models import repository
+    from acg2vec_server.app import serve as run
+
+    settings = make_settings(overrides)
+    setup_logging(settings.log_level)
+    if settings.inference_backend == "inprocess" and not repository.model_names(settings.models_root):
+        logging.getLogger("acg2vec").warning(
+            "model repository %s is empty: run `acg2vec models build-defaults` (services stay NOT_SERVING until then)",
+            settings.models_root,
+        )
+    asyncio.run(run(settings))
+
+
+@main.command()
+@settings_options
+def repair(**overrides: Any) -> None:
+    """Finish interrupted writes and deletes so metadata and vectors agree (the server does this at start-up)."""
+    from acg2vec_server.app import Application
+
+    settings = make_settings(overrides)
+    setup_logging(settings.log_level)
+
+    async def run() -> int:
+        app = Application(settings.model_copy(update={"listen": "127.0.0.1:0", "metrics_port": 0}))
+        await app.start()
+        try:
+            assert app.domain is not None
+            return await app.domain.illustrations.repair()
+        finally:
+            await app.stop(grace_s=0)
+
+    click.echo(f"repaired {asyncio.run(run())} illustrations")
+
+
+@main.group()
+def models() -> None:
+    """Manage the model repository (TF-Serving layout)."""
+
+
+def _repository_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--repository", type=click.Path(path_type=Path), default=None,
+        help="model repository (default: ACG2VEC_MODEL_REPOSITORY or <data_dir>/models)",
+    )(fn)  # fmt: skip
+
+
+def _root(repository: Path | None) -> Path:
+    return repository or Settings().models_root
+
+
+@models.command("build-dev")
+@_repository_option
+@click.option("--if-missing", is_flag=True, help="do nothing when every model is already installed")
+def build_dev(repository: Path | None, if_missing: bool) -> None:
+    """Build small untrained models with the real architectures (seconds; for development and tests)."""
+    from acg2vec_models import repository as repo
+    from acg2vec_models.dev import build_dev_models
+
+    root = _root(repository)
+    wanted = {"tagger", "illust2vec", "deepix", "acgvoc2vec"}
+    if if_missing and wanted <= set(repo.model_names(root)):
+        click.echo(f"models already installed in {root}: {sorted(repo.model_names(root))}")
+        return
+    click.echo(f"building development models into {root} ...")
+    built = build_dev_models(root)
+    repo.write_models_config(root)
+    for name, path in built.paths.items():
+        click.echo(f"  {name}: {path}")
+
+
+@models.command("build-defaults")
+@_repository_option
+@click.option("--if-missing", is_flag=True, help="do nothing when every model is already installed")
+@click.pass_context
+def build_defaults(ctx: click.Context, repository: Path | None, if_missing: bool) -> None:
+    """Build the default models (for now: the development models)."""
+    ctx.invoke(build_dev, repository=repository, if_missing=if_missing)
+
+
+@models.command("list")
+@_repository_option
+def list_models(repository: Path | None) -> None:
+    """List installed models and versions."""
+    from acg2vec_models import repository as repo
+
+    root = _root(repository)
+    for name in repo.model_names(root):
+        click.echo(f"{name}\t{','.join(map(str, repo.versions(root, name)))}")
+
+
+@models.command("write-config")
+@_repository_option
+@click.option("--base-path", default="/models", show_default=True, help="where TF-Serving sees the repository")
+def write_config(repository: Path | None, base_path: str) -> None:
+    """(Re)generate models.config for tensorflow_model_server."""
+    from acg2vec_models import repository as repo
+
+    click.echo(repo.write_models_config(_root(repository), base_path))
+
+
+@main.command("tfserving-emulator")
+@_repository_option
+@click.option("--listen", default="127.0.0.1:8500", show_default=True)
+def tfserving_emulator(repository: Path | None, listen: str) -> None:
+    """Serve the repository over TF-Serving's PredictionService API (stands in for tensorflow_model_server)."""
+    from acg2vec_server.backends.tfserving_emulator import start_emulator
+
+    setup_logging("INFO")
+
+    async def run() -> None:
+        server, port = await start_emulator(_root(repository), listen)
+        click.echo(f"PredictionService on port {port}, repository {_root(repository)}")
+        await server.wait_for_termination()
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Domain logic: knows neither gRPC nor a concrete backend, only the backend interfaces."""

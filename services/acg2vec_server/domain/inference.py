@@ -1,0 +1,71 @@
+"""The domain's view of the models: named roles (tagger, image/text embedder, popularity) over a backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from acg2vec_server.backends.inference import InferenceBackend, InferenceInputError, ModelDescription, ModelNotInstalled
+from acg2vec_server.domain.types import Embedding, ModelRef
+from acg2vec_server.errors import BackendUnavailable, FailedPrecondition, FieldViolation, InvalidInput
+
+
+@dataclass(frozen=True)
+class Labels:
+    version: int
+    names: list[str]
+    categories: np.ndarray  # object array of category names, aligned with names
+
+
+class Models:
+    """Runs the configured models; turns backend failures into domain errors with a fix in the message."""
+
+    def __init__(self, backend: InferenceBackend, tagger: str, image: str, text: str, popularity: str):
+        self.backend = backend
+        self.tagger, self.image, self.text, self.popularity = tagger, image, text, popularity
+        self._labels: Labels | None = None
+
+    async def run(
+        self, model: str, inputs: dict[str, np.ndarray], signature: str = "serving_default", optional: bool = False
+    ) -> tuple[dict[str, np.ndarray], ModelRef]:
+        try:
+            outputs, version = await self.backend.predict(model, inputs, signature)
+        except ModelNotInstalled as e:
+            if optional:
+                raise FailedPrecondition(f"{e}. This server answers without it; install one to use this call") from None
+            raise BackendUnavailable("inference", f"{e}") from None
+        except InferenceInputError as e:
+            raise InvalidInput(f"the model could not read the input: {e}", [FieldViolation("image", str(e))]) from None
+        return outputs, ModelRef(model, version)
+
+    async def describe(self, model: str) -> ModelDescription:
+        try:
+            return await self.backend.describe(model)
+        except ModelNotInstalled as e:
+            raise BackendUnavailable("inference", str(e)) from None
+
+    async def labels(self, version: int) -> Labels:
+        """The tagger's vocabulary for the version that answered (re-read when the version changes)."""
+        if self._labels is None or self._labels.version != version:
+            outputs, ref = await self.run(self.tagger, {}, signature="labels")
+            names = [n.decode() if isinstance(n, bytes) else str(n) for n in outputs["names"]]
+            cats = np.array([c.decode() if isinstance(c, bytes) else str(c) for c in outputs["categories"]], dtype=object)
+            self._labels = Labels(ref.version, names, cats)
+        return self._labels
+
+    async def embed_images(self, images: list[bytes]) -> list[Embedding]:
+        outputs, ref = await self.run(self.image, {"image_bytes": np.array(images, dtype=object)})
+        return normalize(outputs["embedding"], ref)
+
+    async def embed_texts(self, texts: list[str]) -> list[Embedding]:
+        outputs, ref = await self.run(self.text, {"text": np.array([t.encode() for t in texts], dtype=object)})
+        return normalize(outputs["embedding"], ref)
+
+
+def normalize(matrix: np.ndarray, ref: ModelRef) -> list[Embedding]:
+    """L2-normalises rows so that cosine similarity is a dot product (zero rows stay zero)."""
+    matrix = np.asarray(matrix, dtype=np.float32)
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    unit = np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
+    return [Embedding(row, ref, True) for row in unit]

@@ -1,0 +1,103 @@
+"""Health per service name, from periodic probes of the backends and models each service needs.
+
+Names: "" (all four services serving), "liveness" (the process answers), and each acg2vec.v1 service.
+A service is NOT_SERVING while a backend or model it needs is unavailable, and SERVING again as soon
+as a probe sees it back; no restart needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from grpc_health.v1 import health, health_pb2
+
+from acg2vec_server.backends.inference import InferenceBackend
+from acg2vec_server.backends.metadata import MetadataStore
+from acg2vec_server.backends.vectors import VectorStore
+from acg2vec_server.domain.service import Domain
+from acg2vec_server.errors import Acg2vecError
+
+log = logging.getLogger(__name__)
+
+TAGGING = "acg2vec.v1.TaggingService"
+IMAGE_FEATURE = "acg2vec.v1.ImageFeatureService"
+TEXT_FEATURE = "acg2vec.v1.TextFeatureService"
+SEARCH = "acg2vec.v1.SearchService"
+SERVICES = (TAGGING, IMAGE_FEATURE, TEXT_FEATURE, SEARCH)
+LIVENESS = "liveness"
+
+
+class HealthMonitor:
+    def __init__(
+        self, servicer: health.aio.HealthServicer, domain: Domain, inference: InferenceBackend,
+        meta: MetadataStore, vectors: VectorStore, interval_s: float,
+    ):  # fmt: skip
+        self.servicer, self.domain, self.inference, self.meta, self.vectors = servicer, domain, inference, meta, vectors
+        self.interval_s = interval_s
+        self.problems: dict[str, str] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._was_down: set[str] = set()
+
+    async def _check(self, name: str, probe) -> bool:  # noqa: ANN001
+        try:
+            await asyncio.wait_for(probe, timeout=max(2.0, self.interval_s * 2))
+        except (Acg2vecError, TimeoutError, asyncio.TimeoutError) as e:
+            message = getattr(e, "message", "") or f"{type(e).__name__}"
+            if self.problems.get(name) != message:
+                log.warning("health: %s unavailable: %s", name, message)
+            self.problems[name] = message
+            return False
+        if name in self.problems:
+            log.info("health: %s is back", name)
+            del self.problems[name]
+        return True
+
+    async def probe_once(self) -> dict[str, bool]:
+        m = self.domain.models
+        ok = {
+            "inference": await self._check("inference", self.inference.ping()),
+            "metadata": await self._check("metadata", self.meta.ping()),
+            "vectors": await self._check("vectors", self.vectors.ping()),
+        }
+        for model in (m.tagger, m.image, m.text):
+            ok[model] = ok["inference"] and await self._check(f"model {model}", m.describe(model))
+        if ok["vectors"] and ok[m.image] and ok[m.text]:
+            ok["collection"] = await self._check("collection", self.domain.illustrations.ensure_ready())
+        else:
+            ok["collection"] = False
+        if ok["metadata"] and ok["collection"] and self._was_down & {"metadata", "collection"}:
+            await self._check("repair", self.domain.illustrations.repair())
+        self._was_down = {k for k, v in ok.items() if not v}
+        serving = {
+            TAGGING: ok[m.tagger],
+            IMAGE_FEATURE: ok[m.image],
+            TEXT_FEATURE: ok[m.text],
+            SEARCH: ok["metadata"] and ok["collection"],
+        }
+        for service, up in serving.items():
+            await self.set(service, up)
+        await self.set("", all(serving.values()))
+        return serving
+
+    async def set(self, service: str, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.servicer.set(service, status)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.probe_once()
+            except Exception:
+                log.exception("health probe failed")
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        """Everything NOT_SERVING (load balancers stop routing here), then the probes stop."""
+        if self._task is not None:
+            self._task.cancel()
+        for service in (*SERVICES, ""):
+            await self.set(service, False)

@@ -1,0 +1,93 @@
+"""One typed settings object, read from ACG2VEC_* environment variables and CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+InferenceKind = Literal["inprocess", "tfserving"]
+IndexType = Literal["HNSW", "FLAT", "IVF_FLAT", "IVF_SQ8", "AUTOINDEX"]
+
+#: Commands Tendis does not implement; the embedded server disables them so that using one fails fast.
+TENDIS_UNSUPPORTED_COMMANDS: tuple[str, ...] = (
+    "EVAL", "EVALSHA", "SCRIPT", "FUNCTION", "FCALL", "FCALL_RO",
+    "BLPOP", "BRPOP", "BRPOPLPUSH", "BLMOVE", "BZPOPMIN", "BZPOPMAX",
+    "SWAPDB", "RANDOMKEY", "OBJECT", "WAIT", "MIGRATE", "TOUCH", "ZPOPMIN", "ZPOPMAX",
+    "GEOADD", "GEODIST", "GEOHASH", "GEOPOS", "GEORADIUS", "GEORADIUSBYMEMBER",
+    "GEORADIUS_RO", "GEORADIUSBYMEMBER_RO", "GEOSEARCH", "GEOSEARCHSTORE",
+)  # fmt: skip
+
+
+class Settings(BaseSettings):
+    """Everything the server can be told. Env: ACG2VEC_<FIELD> (upper case)."""
+
+    model_config = SettingsConfigDict(env_prefix="ACG2VEC_", extra="ignore")
+
+    # --- transport
+    listen: str = Field("127.0.0.1:50051", description="gRPC address to bind, host:port ('0.0.0.0:50051' in containers).")
+    metrics_port: int = Field(9090, description="Prometheus /metrics HTTP port on the same host; 0 disables it.")
+    max_message_bytes: int = Field(32 * 1024 * 1024, description="Largest gRPC message accepted or sent.")
+    grace_period_s: float = Field(15.0, description="On SIGTERM, how long in-flight calls may finish.")
+    access_log: bool = Field(True, description="Log one line per call.")
+    log_level: str = "INFO"
+
+    # --- storage
+    data_dir: Path = Field(Path("var"), description="Where embedded backends keep their data.")
+    model_repository: Path | None = Field(None, description="TF-Serving layout model repository; default <data_dir>/models.")
+
+    # --- inference
+    inference_backend: InferenceKind = "inprocess"
+    tfserving_target: str = Field("127.0.0.1:8500", description="TF-Serving gRPC host:port when inference_backend=tfserving.")
+    inference_timeout_s: float = 30.0
+    inference_threads: int = Field(2, description="Threads running in-process TensorFlow calls.")
+    tagger_model: str = "tagger"
+    image_feature_model: str = "illust2vec"
+    text_model: str = "acgvoc2vec"
+    popularity_model: str = "deepix"
+
+    # --- vectors (Milvus)
+    milvus_uri: str = Field("", description="A file path means Milvus Lite; http://host:19530 a Milvus server. Default <data_dir>/milvus.db.")
+    milvus_token: str = ""
+    milvus_collection: str = "acg2vec_illustrations"
+    milvus_index_type: IndexType = "HNSW"
+    hnsw_m: int = 16
+    hnsw_ef_construction: int = 200
+    hnsw_ef_search: int = 128
+    milvus_timeout_s: float = 10.0
+
+    # --- metadata (Tendis / Redis protocol)
+    redis_url: str = Field("", description="redis://host:port/0 of Tendis or Redis; empty starts an embedded server.")
+    redis_key_prefix: str = "acg2vec:v1"
+    redis_timeout_s: float = 5.0
+    embedded_redis_port: int = Field(0, description="Port of the embedded Redis-protocol server; 0 picks a free one.")
+    tendis_compat: bool = Field(True, description="Disable commands Tendis lacks on the embedded server.")
+
+    # --- request limits
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = Field(50_000_000, description="Decompression-bomb guard: width*height above this is refused.")
+    max_text_chars: int = 2048
+    max_batch_size: int = 64
+    max_top_k: int = 1000
+    default_tag_top_k: int = 64
+    default_tag_threshold: float = 0.5
+    health_probe_interval_s: float = 2.0
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> Settings:
+        if self.model_repository is None:
+            self.model_repository = self.data_dir / "models"
+        if not self.milvus_uri:
+            self.milvus_uri = str(self.data_dir / "milvus.db")
+        return self
+
+    @property
+    def models_root(self) -> Path:
+        assert self.model_repository is not None
+        return self.model_repository
+
+    @property
+    def grpc_port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
