@@ -103,7 +103,7 @@ class Application:
 
         self.monitor = HealthMonitor(health_servicer, self.domain, inference, meta, vectors, s.health_probe_interval_s)
         await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
-        serving = await self.monitor.probe_once()
+        serving = await self.monitor.probe_once(model_timeout_s=300)
         for service, up in serving.items():
             if not up:
                 log.warning("%s starts NOT_SERVING: %s", service, "; ".join(self.monitor.problems.values()))

@@ -39,9 +39,9 @@ class HealthMonitor:
         self._task: asyncio.Task[None] | None = None
         self._was_down: set[str] = set()
 
-    async def _check(self, name: str, probe) -> bool:  # noqa: ANN001
+    async def _check(self, name: str, probe, timeout_s: float | None = None) -> bool:  # noqa: ANN001
         try:
-            await asyncio.wait_for(probe, timeout=max(2.0, self.interval_s * 2))
+            await asyncio.wait_for(probe, timeout=timeout_s or max(2.0, self.interval_s * 2))
         except (Acg2vecError, TimeoutError, asyncio.TimeoutError) as e:
             message = getattr(e, "message", "") or f"{type(e).__name__}"
             if self.problems.get(name) != message:
@@ -53,7 +53,8 @@ class HealthMonitor:
             del self.problems[name]
         return True
 
-    async def probe_once(self) -> dict[str, bool]:
+    async def probe_once(self, model_timeout_s: float | None = None) -> dict[str, bool]:
+        """One round of probes; model_timeout_s allows for loading models (at start-up)."""
         m = self.domain.models
         ok = {
             "inference": await self._check("inference", self.inference.ping()),
@@ -61,7 +62,7 @@ class HealthMonitor:
             "vectors": await self._check("vectors", self.vectors.ping()),
         }
         for model in (m.tagger, m.image, m.text):
-            ok[model] = ok["inference"] and await self._check(f"model {model}", m.describe(model))
+            ok[model] = ok["inference"] and await self._check(f"model {model}", m.describe(model), model_timeout_s)
         if ok["vectors"] and ok[m.image] and ok[m.text]:
             ok["collection"] = await self._check("collection", self.domain.illustrations.ensure_ready())
         else:

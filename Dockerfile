@@ -1,0 +1,64 @@
+# syntax=docker/dockerfile:1
+# acg2vec server image.
+#   docker build -t acg2vec:0.1.0 .                      # models mounted at /models at run time
+#   docker build -t acg2vec:0.1.0 --build-arg BAKE_MODELS=1 .   # default models baked into /models
+#   docker run -p 50051:50051 -p 9090:9090 -v "$PWD/var/models:/models:ro" acg2vec:0.1.0
+# The same image runs `acg2vec serve` (default), `acg2vec index ...` and `acg2vec models build-defaults ...`.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# ---------------------------------------------------------------------------------------------- builder
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+COPY . .
+# constraints.txt pins the whole dev set, torch included; torch is a training-time dependency (a local CPU
+# build that the registry must never be asked for), so its pin is dropped and the build fails if anything
+# still pulls it in.
+RUN grep -v -i -E '^torch([=<>!~ ;[]|$)' constraints.txt > /tmp/constraints-server.txt \
+ && pip install -c /tmp/constraints-server.txt ./clients/python . \
+ && pip check \
+ && if pip show torch >/dev/null 2>&1; then echo "torch must not be in the server image" >&2; exit 1; fi
+
+# ---------------------------------------------------------------------------------------------- models
+# BAKE_MODELS=1 builds the default models into /models (TF-Serving layout + models.config); otherwise
+# /models stays empty and is a mount point for a model repository volume.
+FROM builder AS models
+ARG BAKE_MODELS=0
+RUN mkdir -p /models \
+ && if [ "$BAKE_MODELS" = "1" ]; then \
+      acg2vec models build-defaults --repository /models \
+      && python -c 'import os, pathlib; from acg2vec_models.repository import models_config; r = pathlib.Path("/models"); t = r / ".models.config.tmp"; t.write_text(models_config(r, "/models")); os.replace(t, r / "models.config")'; \
+    fi
+
+# ---------------------------------------------------------------------------------------------- runtime
+FROM ${PYTHON_IMAGE} AS runtime
+LABEL org.opencontainers.image.title="acg2vec" \
+      org.opencontainers.image.description="gRPC service for anime illustration tagging, feature vectors and similar-image search" \
+      org.opencontainers.image.licenses="Apache-2.0"
+RUN groupadd --system --gid 10001 acg2vec \
+ && useradd --system --uid 10001 --gid acg2vec --home-dir /var/lib/acg2vec --shell /usr/sbin/nologin acg2vec \
+ && mkdir -p /var/lib/acg2vec /models \
+ && chown acg2vec:acg2vec /var/lib/acg2vec /models
+COPY --from=builder /opt/venv /opt/venv
+COPY --from=models --chown=10001:10001 /models /models
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/var/lib/acg2vec \
+    ACG2VEC_LISTEN=0.0.0.0:50051 \
+    ACG2VEC_METRICS_PORT=9090 \
+    ACG2VEC_DATA_DIR=/var/lib/acg2vec \
+    ACG2VEC_MODEL_REPOSITORY=/models
+WORKDIR /var/lib/acg2vec
+USER 10001:10001
+EXPOSE 50051 9090
+# grpcurl is not in the image: ask grpc.health.v1 (overall service "") with the grpc_health stubs.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
+  CMD ["python", "-c", "import os, sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; port = os.environ.get('ACG2VEC_LISTEN', '0.0.0.0:50051').rsplit(':', 1)[1]; r = g.HealthStub(grpc.insecure_channel('127.0.0.1:' + port)).Check(h.HealthCheckRequest(service=''), timeout=4); sys.exit(0 if r.status == h.HealthCheckResponse.SERVING else 1)"]
+ENTRYPOINT ["acg2vec"]
+CMD ["serve"]

@@ -1,0 +1,76 @@
+"""Fixtures: real Redis-protocol server (Tendis commands disabled), real Milvus Lite, real SavedModels,
+a real gRPC server on a local port, called through the generated stubs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from acg2vec.v1 import image_feature_pb2_grpc, search_pb2_grpc, tagging_pb2_grpc, text_feature_pb2_grpc
+from acg2vec_server.app import Application
+from acg2vec_server.backends.embedded_redis import EmbeddedRedis
+from acg2vec_server.settings import Settings
+from tests.helpers import dev_model_repository
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def model_repo() -> Path:
+    return dev_model_repository()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), tendis_compat=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+def make_settings(data_dir: Path, model_repo: Path, redis_url: str, **overrides: object) -> Settings:
+    return Settings(
+        listen="127.0.0.1:0",
+        metrics_port=0,
+        data_dir=data_dir,
+        model_repository=model_repo,
+        redis_url=redis_url,
+        milvus_index_type="FLAT",
+        access_log=False,
+        health_probe_interval_s=0.3,
+        grace_period_s=2,
+        max_image_pixels=4_000_000,
+        max_image_bytes=2_000_000,
+        max_batch_size=8,
+        max_top_k=100,
+        max_text_chars=500,
+        **overrides,
+    )
+
+
+class Stubs:
+    def __init__(self, channel: grpc.aio.Channel):
+        self.channel = channel
+        self.tagging = tagging_pb2_grpc.TaggingServiceStub(channel)
+        self.image = image_feature_pb2_grpc.ImageFeatureServiceStub(channel)
+        self.text = text_feature_pb2_grpc.TextFeatureServiceStub(channel)
+        self.search = search_pb2_grpc.SearchServiceStub(channel)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def app(tmp_path_factory: pytest.TempPathFactory, model_repo: Path, redis_server: EmbeddedRedis) -> AsyncIterator[Application]:
+    application = Application(make_settings(tmp_path_factory.mktemp("data"), model_repo, redis_server.url))
+    await application.start()
+    yield application
+    await application.stop(grace_s=0)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def stubs(app: Application) -> AsyncIterator[Stubs]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}", options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]) as channel:
+        yield Stubs(channel)
