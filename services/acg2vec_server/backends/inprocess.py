@@ -42,6 +42,13 @@ def read_signature_defs(path: Path) -> dict[str, Any]:
     return dict(saved.meta_graphs[0].signature_def)
 
 
+def tf_error_summary(message: str) -> str:
+    """The useful line of a TensorFlow error (not 'Graph execution error:' nor node names)."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(("[[", "Detected at node", "Graph execution error", "<stack"))]
+    return useful[-1] if useful else (lines[0] if lines else "invalid input")
+
+
 class InProcessBackend:
     name = "inference"
 
@@ -92,7 +99,7 @@ class InProcessBackend:
         try:
             out = fn(**{k: tf.constant(v) for k, v in inputs.items()})
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
-            raise InferenceInputError(e.message.split("\n")[0]) from None
+            raise InferenceInputError(tf_error_summary(e.message)) from None
         return {k: v.numpy() for k, v in out.items()}, loaded.description.version
 
     async def predict(

@@ -36,8 +36,26 @@ class Models:
                 raise FailedPrecondition(f"{e}. This server answers without it; install one to use this call") from None
             raise BackendUnavailable("inference", f"{e}") from None
         except InferenceInputError as e:
-            raise InvalidInput(f"the model could not read the input: {e}", [FieldViolation("image", str(e))]) from None
+            raise InvalidInput(f"the input is corrupt: the model's decoder refused it ({e})",
+                               [FieldViolation("image", "corrupt image")]) from None
         return outputs, ModelRef(model, version)
+
+    async def run_images(
+        self, model: str, images: list[bytes], optional: bool = False, field: str = "images"
+    ) -> tuple[dict[str, np.ndarray], ModelRef]:
+        """Runs an image model on a batch; if the graph refuses the batch, names the item(s) it refused."""
+        try:
+            return await self.run(model, {"image_bytes": np.array(images, dtype=object)}, optional=optional)
+        except InvalidInput as e:
+            if len(images) == 1:
+                raise
+            bad = []
+            for i, image in enumerate(images):
+                try:
+                    await self.run(model, {"image_bytes": np.array([image], dtype=object)}, optional=optional)
+                except InvalidInput:
+                    bad.append(FieldViolation(f"{field}[{i}]", "corrupt image"))
+            raise InvalidInput(f"{', '.join(v.field for v in bad) or field}: {e.message}", bad) from None
 
     async def describe(self, model: str) -> ModelDescription:
         try:
@@ -55,7 +73,7 @@ class Models:
         return self._labels
 
     async def embed_images(self, images: list[bytes]) -> list[Embedding]:
-        outputs, ref = await self.run(self.image, {"image_bytes": np.array(images, dtype=object)})
+        outputs, ref = await self.run_images(self.image, images)
         return normalize(outputs["embedding"], ref)
 
     async def embed_texts(self, texts: list[str]) -> list[Embedding]:

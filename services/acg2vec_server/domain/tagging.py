@@ -27,7 +27,7 @@ class Tagger:
         popularity: list[Popularity] | None = None
         if options.include_popularity:
             popularity = await self.popularity(images)
-        outputs, ref = await self.models.run(self.models.tagger, {"image_bytes": np.array(images, dtype=object)})
+        outputs, ref = await self.models.run_images(self.models.tagger, images)
         labels = await self.models.labels(ref.version)
         scores = np.asarray(outputs["scores"], dtype=np.float32)
         return [
@@ -53,9 +53,7 @@ class Tagger:
         return ImageTags(tags, rating, rating_scores, ref, popularity)
 
     async def popularity(self, images: list[bytes]) -> list[Popularity]:
-        outputs, ref = await self.models.run(
-            self.models.popularity, {"image_bytes": np.array(images, dtype=object)}, optional=True
-        )
+        outputs, ref = await self.models.run_images(self.models.popularity, images, optional=True)
         return [
             Popularity(
                 bins(BOOKMARK_EDGES, outputs["bookmarks"][i]),

@@ -43,6 +43,14 @@ def tag_options(options: tagging_pb2.TagOptions) -> types.TagOptions:
         for name in CATEGORY
         if options.HasField("thresholds") and options.thresholds.HasField(name)
     }
+    bad = [f"options.thresholds.{k}" for k, v in thresholds.items() if not 0.0 <= v <= 1.0]
+    if options.top_k < 0:
+        bad.append("options.top_k")
+    if bad:
+        raise InvalidInput(
+            f"{', '.join(bad)} out of range: thresholds are in [0, 1], top_k >= 0 (0: server default)",
+            [FieldViolation(f, "out of range") for f in bad],
+        )
     return types.TagOptions(thresholds, options.top_k, options.include_popularity)
 
 
