@@ -41,7 +41,9 @@ def generate(out: Path) -> None:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed; see the messages above")
-    (out / PACKAGE_DIR / "__init__.py").write_text('"""Generated from protos/acg2vec/v1 by scripts/generate_protos.py; do not edit."""\n')
+    (out / PACKAGE_DIR / "__init__.py").write_text(
+        '"""Generated from protos/acg2vec/v1 by scripts/generate_protos.py; do not edit."""\n'
+    )
 
 
 def main() -> None:

@@ -63,7 +63,9 @@ class Stubs:
 
 
 @pytest_asyncio.fixture(scope="session")
-async def app(tmp_path_factory: pytest.TempPathFactory, model_repo: Path, redis_server: EmbeddedRedis) -> AsyncIterator[Application]:
+async def app(
+    tmp_path_factory: pytest.TempPathFactory, model_repo: Path, redis_server: EmbeddedRedis
+) -> AsyncIterator[Application]:
     application = Application(make_settings(tmp_path_factory.mktemp("data"), model_repo, redis_server.url))
     await application.start()
     yield application
@@ -72,5 +74,8 @@ async def app(tmp_path_factory: pytest.TempPathFactory, model_repo: Path, redis_
 
 @pytest_asyncio.fixture(scope="session")
 async def stubs(app: Application) -> AsyncIterator[Stubs]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}", options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]) as channel:
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{app.port}",
+        options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)],
+    ) as channel:
         yield Stubs(channel)

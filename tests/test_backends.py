@@ -9,9 +9,15 @@ import redis
 from acg2vec_server.backends.embedded_redis import EmbeddedRedis
 from acg2vec_server.backends.metadata import RedisMetadataStore
 from acg2vec_server.backends.vectors import MilvusVectorStore, filter_expression
-from acg2vec_server.domain.types import IllustrationMetadata, IllustrationRecord, ModelRef, SearchFilter, TagScore, VectorRow
+from acg2vec_server.domain.types import (
+    IllustrationMetadata,
+    IllustrationRecord,
+    ModelRef,
+    SearchFilter,
+    TagScore,
+    VectorRow,
+)
 from acg2vec_server.errors import BackendUnavailable, FailedPrecondition
-
 
 
 def record(id: str, seed: int = 0) -> IllustrationRecord:
@@ -19,15 +25,26 @@ def record(id: str, seed: int = 0) -> IllustrationRecord:
     return IllustrationRecord(
         id=id, metadata=IllustrationMetadata("t", "a", "https://example.org/x", {"k": "v"}),
         tags=[TagScore("long_hair", 0.9, "general"), TagScore("hatsune_miku", 0.7, "character")], rating="sensitive",
-        content_sha256="ab" * 32, image_vector=rng.random(8, dtype=np.float32), text_vector=rng.random(4, dtype=np.float32),
+        content_sha256="ab" * 32, image_vector=rng.random(8, dtype=np.float32),
+        text_vector=rng.random(4, dtype=np.float32),
         image_model=ModelRef("illust2vec", 3), text_model=ModelRef("acgvoc2vec", 1), create_time=1.5, update_time=2.5,
     )  # fmt: skip
 
 
 def test_tendis_unsupported_commands_are_disabled(redis_server: EmbeddedRedis):
     client = redis.Redis.from_url(redis_server.url)
-    for command in (("EVAL", "return 1", 0), ("SCRIPT", "FLUSH"), ("BLPOP", "k", 1), ("RANDOMKEY",), ("OBJECT", "ENCODING", "k"),
-                    ("SWAPDB", 0, 1), ("WAIT", 0, 0), ("TOUCH", "k"), ("ZPOPMIN", "k"), ("GEOADD", "g", 0, 0, "m")):
+    for command in (
+        ("EVAL", "return 1", 0),
+        ("SCRIPT", "FLUSH"),
+        ("BLPOP", "k", 1),
+        ("RANDOMKEY",),
+        ("OBJECT", "ENCODING", "k"),
+        ("SWAPDB", 0, 1),
+        ("WAIT", 0, 0),
+        ("TOUCH", "k"),
+        ("ZPOPMIN", "k"),
+        ("GEOADD", "g", 0, 0, "m"),
+    ):
         with pytest.raises(redis.ResponseError, match="unknown command"):
             client.execute_command(*command)
     with pytest.raises(redis.ResponseError):
@@ -71,7 +88,8 @@ async def test_milvus_lite_store(tmp_path):
         rng = np.random.default_rng(1)
         rows = [
             VectorRow(f"id{i}", rng.random(8, dtype=np.float32), rng.random(4, dtype=np.float32),
-                      ["general", "explicit"][i % 2], ["cat", 'quote"tag'] if i % 3 == 0 else ["dog"], {"src": f"s{i % 2}"})
+                      ["general", "explicit"][i % 2], ["cat", 'quote"tag'] if i % 3 == 0 else ["dog"],
+                      {"src": f"s{i % 2}"})
             for i in range(30)
         ]  # fmt: skip
         await store.upsert(rows)
@@ -81,7 +99,9 @@ async def test_milvus_lite_store(tmp_path):
         flt = SearchFilter(ratings=["general"], required_tags=['quote"tag'], fields={"src": "s0"})
         filtered = await store.search("image", rows[4].image_vector, 30, 0, flt)
         assert {h.id for h in filtered} == {f"id{i}" for i in range(0, 30, 6)}
-        excluded = await store.search("text", rows[3].text_vector, 30, 0, SearchFilter(excluded_tags=["dog"]), exclude_id="id3")
+        excluded = await store.search(
+            "text", rows[3].text_vector, 30, 0, SearchFilter(excluded_tags=["dog"]), exclude_id="id3"
+        )
         assert {h.id for h in excluded} == {f"id{i}" for i in range(0, 30, 3)} - {"id3"}
         page2 = await store.search("image", rows[4].image_vector, 5, 5, SearchFilter())
         assert not {h.id for h in page2} & {h.id for h in hits}

@@ -15,16 +15,23 @@ from PIL import Image
 from acg2vec.v1 import image_feature_pb2, search_pb2, tagging_pb2, text_feature_pb2
 from tests.helpers import SAMPLE_PNG, image_bytes
 
-INVALID, EXHAUSTED, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.NOT_FOUND
+INVALID, EXHAUSTED, NOT_FOUND = (
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.NOT_FOUND,
+)
 
 
 def png_header_claiming(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims a huge size: a decompression bomb's calling card."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 async def expect(call, code: grpc.StatusCode, *words: str, field: str | None = None):
@@ -95,14 +102,23 @@ async def test_other_formats_are_converted(stubs):
 async def test_batch_names_the_bad_item(stubs):
     request = tagging_pb2.BatchTagImagesRequest(images=[image_bytes(1), b"junk", image_bytes(2)])
     await expect(stubs.tagging.BatchTagImages(request), INVALID, "images[1]", field="images[1]")
-    await expect(stubs.tagging.BatchTagImages(tagging_pb2.BatchTagImagesRequest()), INVALID, "at least one", field="images")
+    await expect(
+        stubs.tagging.BatchTagImages(tagging_pb2.BatchTagImagesRequest()), INVALID, "at least one", field="images"
+    )
     too_many = tagging_pb2.BatchTagImagesRequest(images=[image_bytes(1)] * 9)
     await expect(stubs.tagging.BatchTagImages(too_many), EXHAUSTED, "streaming", field="images")
 
 
 async def test_empty_and_long_text(stubs):
-    await expect(stubs.text.ExtractTextFeature(text_feature_pb2.ExtractTextFeatureRequest(text="")), INVALID, "empty", field="text")
-    await expect(stubs.text.ExtractTextFeature(text_feature_pb2.ExtractTextFeatureRequest(text=" \n\t")), INVALID, "empty")
+    await expect(
+        stubs.text.ExtractTextFeature(text_feature_pb2.ExtractTextFeatureRequest(text="")),
+        INVALID,
+        "empty",
+        field="text",
+    )
+    await expect(
+        stubs.text.ExtractTextFeature(text_feature_pb2.ExtractTextFeatureRequest(text=" \n\t")), INVALID, "empty"
+    )
     long_text = text_feature_pb2.ExtractTextFeatureRequest(text="あ" * 501)
     await expect(stubs.text.ExtractTextFeature(long_text), EXHAUSTED, "501 characters", field="text")
     batch = text_feature_pb2.BatchExtractTextFeaturesRequest(texts=["ok", ""])
@@ -116,8 +132,15 @@ async def test_top_k_bounds(stubs):
 
 
 async def test_unknown_id(stubs):
-    await expect(stubs.search.GetIllustration(search_pb2.GetIllustrationRequest(id="nope-404")), NOT_FOUND, "nope-404", field="id")
-    await expect(stubs.search.Search(search_pb2.SearchRequest(illustration_id="nope-404", top_k=5)), NOT_FOUND, "nope-404")
+    await expect(
+        stubs.search.GetIllustration(search_pb2.GetIllustrationRequest(id="nope-404")),
+        NOT_FOUND,
+        "nope-404",
+        field="id",
+    )
+    await expect(
+        stubs.search.Search(search_pb2.SearchRequest(illustration_id="nope-404", top_k=5)), NOT_FOUND, "nope-404"
+    )
     update = search_pb2.UpdateIllustrationMetadataRequest(id="nope-404")
     await expect(stubs.search.UpdateIllustrationMetadata(update), NOT_FOUND, "index it first")
 
@@ -133,26 +156,39 @@ async def test_invalid_ids_and_fields(stubs):
 
 async def test_wrong_vector_dimension(stubs):
     query = search_pb2.VectorQuery(values=[0.1] * 7, space=search_pb2.VECTOR_SPACE_IMAGE)
-    await expect(stubs.search.Search(search_pb2.SearchRequest(vector=query, top_k=5)), INVALID, "7 dimensions", field="vector.values")
+    await expect(
+        stubs.search.Search(search_pb2.SearchRequest(vector=query, top_k=5)),
+        INVALID,
+        "7 dimensions",
+        field="vector.values",
+    )
     no_space = search_pb2.VectorQuery(values=[0.1] * 7)
     await expect(stubs.search.Search(search_pb2.SearchRequest(vector=no_space, top_k=5)), INVALID, "vector.space")
 
 
 async def test_no_query_and_foreign_page_token(stubs):
     await expect(stubs.search.Search(search_pb2.SearchRequest(top_k=5)), INVALID, "set one query")
-    await expect(stubs.search.Search(search_pb2.SearchRequest(text="a", top_k=5, page_token="garbage!")), INVALID, "page_token")
+    await expect(
+        stubs.search.Search(search_pb2.SearchRequest(text="a", top_k=5, page_token="garbage!")), INVALID, "page_token"
+    )
 
 
 async def test_bad_image_in_feature_and_search_calls(stubs):
-    await expect(stubs.image.ExtractImageFeature(image_feature_pb2.ExtractImageFeatureRequest(image=b"GIF89a")), INVALID)
+    await expect(
+        stubs.image.ExtractImageFeature(image_feature_pb2.ExtractImageFeatureRequest(image=b"GIF89a")), INVALID
+    )
     await expect(stubs.search.Search(search_pb2.SearchRequest(image=b"\xff\xd8\xff", top_k=3)), INVALID)
 
 
 async def test_thresholds_out_of_range(stubs):
     options = tagging_pb2.TagOptions(thresholds=tagging_pb2.CategoryThresholds(general=1.5))
-    await expect(stubs.tagging.TagImage(tagging_pb2.TagImageRequest(image=image_bytes(1), options=options)), INVALID, "general")
+    await expect(
+        stubs.tagging.TagImage(tagging_pb2.TagImageRequest(image=image_bytes(1), options=options)), INVALID, "general"
+    )
     negative = tagging_pb2.TagOptions(top_k=-1)
-    await expect(stubs.tagging.TagImage(tagging_pb2.TagImageRequest(image=image_bytes(1), options=negative)), INVALID, "top_k")
+    await expect(
+        stubs.tagging.TagImage(tagging_pb2.TagImageRequest(image=image_bytes(1), options=negative)), INVALID, "top_k"
+    )
 
 
 async def test_message_over_grpc_limit(app, stubs):

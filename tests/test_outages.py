@@ -37,7 +37,9 @@ async def test_metadata_store_outage_and_recovery(tmp_path, model_repo):
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
             await wait_for(channel, "acg2vec.v1.SearchService", NOT_SERVING)
             assert await health(channel, "acg2vec.v1.TaggingService") == SERVING  # tagging needs no metadata
-            tagged = await tagging_pb2_grpc.TaggingServiceStub(channel).TagImage(tagging_pb2.TagImageRequest(image=image_bytes(2)))
+            tagged = await tagging_pb2_grpc.TaggingServiceStub(channel).TagImage(
+                tagging_pb2.TagImageRequest(image=image_bytes(2))
+            )
             assert tagged.result.tags
 
             redis_server.start()  # same port, same data directory

@@ -9,7 +9,6 @@ from acg2vec.v1 import common_pb2, image_feature_pb2, search_pb2, tagging_pb2, t
 from tests.helpers import SAMPLE_PNG, SHARED_IMAGES, image_bytes
 
 
-
 async def test_tag_image_returns_scored_categorised_tags_and_rating(stubs):
     response = await stubs.tagging.TagImage(
         tagging_pb2.TagImageRequest(image=SAMPLE_PNG.read_bytes(), options=tagging_pb2.TagOptions(top_k=7))
@@ -30,15 +29,21 @@ async def test_tag_image_returns_scored_categorised_tags_and_rating(stubs):
 async def test_thresholds_per_category_filter_tags(stubs):
     image = SAMPLE_PNG.read_bytes()
     loose = tagging_pb2.CategoryThresholds(general=0.0, character=0.0, copyright=0.0, artist=0.0, meta=0.0)
-    many = await stubs.tagging.TagImage(tagging_pb2.TagImageRequest(image=image, options=tagging_pb2.TagOptions(thresholds=loose, top_k=100)))
+    many = await stubs.tagging.TagImage(
+        tagging_pb2.TagImageRequest(image=image, options=tagging_pb2.TagOptions(thresholds=loose, top_k=100))
+    )
     assert len(many.result.tags) == 100
     cut = many.result.tags[40].score
     strict = tagging_pb2.CategoryThresholds(general=cut, character=cut, copyright=cut, artist=cut, meta=cut)
-    few = await stubs.tagging.TagImage(tagging_pb2.TagImageRequest(image=image, options=tagging_pb2.TagOptions(thresholds=strict, top_k=100)))
+    few = await stubs.tagging.TagImage(
+        tagging_pb2.TagImageRequest(image=image, options=tagging_pb2.TagOptions(thresholds=strict, top_k=100))
+    )
     assert all(t.score >= cut for t in few.result.tags)
     assert [t.name for t in few.result.tags][:41] == [t.name for t in many.result.tags][:41]
     only_general = tagging_pb2.CategoryThresholds(general=0.0, character=1.0, copyright=1.0, artist=1.0, meta=1.0)
-    general = await stubs.tagging.TagImage(tagging_pb2.TagImageRequest(image=image, options=tagging_pb2.TagOptions(thresholds=only_general, top_k=100)))
+    general = await stubs.tagging.TagImage(
+        tagging_pb2.TagImageRequest(image=image, options=tagging_pb2.TagOptions(thresholds=only_general, top_k=100))
+    )
     assert {t.category for t in general.result.tags if t.score < 1.0} == {common_pb2.TAG_CATEGORY_GENERAL}
 
 
@@ -101,7 +106,9 @@ async def test_text_features_cross_lingual_stand_in_and_batch(stubs):
     one = await stubs.text.ExtractTextFeature(text_feature_pb2.ExtractTextFeatureRequest(text="魔法少女まどか☆マギカ"))
     assert one.feature.normalized and one.feature.model.name == "acgvoc2vec"
     batch = await stubs.text.BatchExtractTextFeatures(
-        text_feature_pb2.BatchExtractTextFeaturesRequest(texts=["魔法少女まどか☆マギカ", "魔法少女小圆", "cooking recipes"])
+        text_feature_pb2.BatchExtractTextFeaturesRequest(
+            texts=["魔法少女まどか☆マギカ", "魔法少女小圆", "cooking recipes"]
+        )
     )
     a, b, c = (np.array(f.values) for f in batch.features)
     np.testing.assert_allclose(a, one.feature.values, atol=1e-5)
@@ -119,13 +126,21 @@ async def test_text_features_cross_lingual_stand_in_and_batch(stubs):
 async def test_index_get_update_search_delete(stubs):
     ids = [f"rpc-{i}" for i in range(4)]
     for i, id in enumerate(ids):
-        meta = search_pb2.IllustrationMetadata(title=f"picture {i}", artist="tester", fields={"source": "even" if i % 2 == 0 else "odd"})
-        r = await stubs.search.IndexIllustration(search_pb2.IndexIllustrationRequest(id=id, image=image_bytes(100 + i), metadata=meta))
+        meta = search_pb2.IllustrationMetadata(
+            title=f"picture {i}", artist="tester", fields={"source": "even" if i % 2 == 0 else "odd"}
+        )
+        r = await stubs.search.IndexIllustration(
+            search_pb2.IndexIllustrationRequest(id=id, image=image_bytes(100 + i), metadata=meta)
+        )
         assert r.outcome == search_pb2.INDEX_OUTCOME_CREATED
         assert r.illustration.id == id and len(r.illustration.tags) > 0 and len(r.illustration.content_sha256) == 64
 
     again = await stubs.search.IndexIllustration(
-        search_pb2.IndexIllustrationRequest(id=ids[0], image=image_bytes(100), metadata=search_pb2.IllustrationMetadata(title="picture 0", artist="tester", fields={"source": "even"}))
+        search_pb2.IndexIllustrationRequest(
+            id=ids[0],
+            image=image_bytes(100),
+            metadata=search_pb2.IllustrationMetadata(title="picture 0", artist="tester", fields={"source": "even"}),
+        )
     )
     assert again.outcome == search_pb2.INDEX_OUTCOME_UNCHANGED
 
@@ -142,26 +157,40 @@ async def test_index_get_update_search_delete(stubs):
     assert ids[2] not in [h.id for h in by_id.hits] and len(by_id.hits) >= 3
     # by raw vector, with a custom-field filter
     vec = search_pb2.VectorQuery(values=got.illustration.image_vector.values, space=search_pb2.VECTOR_SPACE_IMAGE)
-    odd = await stubs.search.Search(search_pb2.SearchRequest(vector=vec, top_k=10, filter=search_pb2.SearchFilter(fields={"source": "odd"})))
+    odd = await stubs.search.Search(
+        search_pb2.SearchRequest(vector=vec, top_k=10, filter=search_pb2.SearchFilter(fields={"source": "odd"}))
+    )
     assert {h.id for h in odd.hits} == {"rpc-1", "rpc-3"}
     # by text, with a tag filter
     tag = got.illustration.tags[0].name
-    by_text = await stubs.search.Search(search_pb2.SearchRequest(text=tag.replace("_", " "), top_k=5, filter=search_pb2.SearchFilter(required_tags=[tag])))
+    by_text = await stubs.search.Search(
+        search_pb2.SearchRequest(
+            text=tag.replace("_", " "), top_k=5, filter=search_pb2.SearchFilter(required_tags=[tag])
+        )
+    )
     assert by_text.space == search_pb2.VECTOR_SPACE_TEXT and "rpc-1" in [h.id for h in by_text.hits]
     assert all(tag in [t.name for t in h.illustration.tags] for h in by_text.hits)
     # pagination
-    page1 = await stubs.search.Search(search_pb2.SearchRequest(vector=vec, top_k=2, filter=search_pb2.SearchFilter(fields={"source": "even"})))
+    page1 = await stubs.search.Search(
+        search_pb2.SearchRequest(vector=vec, top_k=2, filter=search_pb2.SearchFilter(fields={"source": "even"}))
+    )
     assert len(page1.hits) == 2 and page1.next_page_token == ""
     first = await stubs.search.Search(search_pb2.SearchRequest(vector=vec, top_k=1, exact_rerank=True))
-    second = await stubs.search.Search(search_pb2.SearchRequest(vector=vec, top_k=1, exact_rerank=True, page_token=first.next_page_token))
+    second = await stubs.search.Search(
+        search_pb2.SearchRequest(vector=vec, top_k=1, exact_rerank=True, page_token=first.next_page_token)
+    )
     assert first.next_page_token and first.hits[0].id != second.hits[0].id
     assert first.hits[0].score >= second.hits[0].score
 
     updated = await stubs.search.UpdateIllustrationMetadata(
-        search_pb2.UpdateIllustrationMetadataRequest(id=ids[3], metadata=search_pb2.IllustrationMetadata(title="renamed", fields={"source": "even"}))
+        search_pb2.UpdateIllustrationMetadataRequest(
+            id=ids[3], metadata=search_pb2.IllustrationMetadata(title="renamed", fields={"source": "even"})
+        )
     )
     assert updated.illustration.metadata.title == "renamed"
-    even = await stubs.search.Search(search_pb2.SearchRequest(vector=vec, top_k=10, filter=search_pb2.SearchFilter(fields={"source": "even"})))
+    even = await stubs.search.Search(
+        search_pb2.SearchRequest(vector=vec, top_k=10, filter=search_pb2.SearchFilter(fields={"source": "even"}))
+    )
     assert "rpc-3" in {h.id for h in even.hits}
 
     for id in ids:

@@ -21,7 +21,6 @@ from tests.conftest import make_settings
 from tests.helpers import SAMPLE_PNG, image_bytes
 
 
-
 async def test_same_request_same_answer_through_both_backends(model_repo):
     server, port = await start_emulator(model_repo)
     remote, local = TFServingBackend(f"127.0.0.1:{port}"), InProcessBackend(model_repo)
@@ -30,8 +29,12 @@ async def test_same_request_same_answer_through_both_backends(model_repo):
             assert await remote.describe(model) == await local.describe(model)
         images = np.array([SAMPLE_PNG.read_bytes(), image_bytes(3, fmt="JPEG")], dtype=object)
         texts = np.array(["魔法少女".encode(), b"long hair"], dtype=object)
-        for model, inputs in (("tagger", {"image_bytes": images}), ("illust2vec", {"image_bytes": images}),
-                              ("deepix", {"image_bytes": images}), ("acgvoc2vec", {"text": texts})):
+        for model, inputs in (
+            ("tagger", {"image_bytes": images}),
+            ("illust2vec", {"image_bytes": images}),
+            ("deepix", {"image_bytes": images}),
+            ("acgvoc2vec", {"text": texts}),
+        ):
             (a, va), (b, vb) = await remote.predict(model, inputs), await local.predict(model, inputs)
             assert va == vb and a.keys() == b.keys()
             for key in a:
@@ -59,8 +62,15 @@ async def wait_for(channel, service: str, status: int, timeout_s: float = 20) ->
 
 async def test_service_over_tfserving_and_inference_outage(tmp_path, model_repo, redis_server, stubs):
     emulator, port = await start_emulator(model_repo)
-    settings = make_settings(tmp_path, model_repo, redis_server.url, inference_backend="tfserving",
-                             tfserving_target=f"127.0.0.1:{port}", redis_key_prefix="tfs:v1", inference_timeout_s=3)
+    settings = make_settings(
+        tmp_path,
+        model_repo,
+        redis_server.url,
+        inference_backend="tfserving",
+        tfserving_target=f"127.0.0.1:{port}",
+        redis_key_prefix="tfs:v1",
+        inference_timeout_s=3,
+    )
     app = Application(settings)
     await app.start()
     try:
@@ -69,7 +79,9 @@ async def test_service_over_tfserving_and_inference_outage(tmp_path, model_repo,
             request = tagging_pb2.TagImageRequest(image=SAMPLE_PNG.read_bytes())
             remote = await tagging.TagImage(request)
             local = await stubs.tagging.TagImage(request)  # the session server, in-process backend
-            assert [(t.name, round(t.score, 5)) for t in remote.result.tags] == [(t.name, round(t.score, 5)) for t in local.result.tags]
+            assert [(t.name, round(t.score, 5)) for t in remote.result.tags] == [
+                (t.name, round(t.score, 5)) for t in local.result.tags
+            ]
             assert await health(channel, "acg2vec.v1.TaggingService") == health_pb2.HealthCheckResponse.SERVING
 
             await emulator.stop(0)

@@ -23,7 +23,11 @@ def test_generated_code_is_current(tmp_path):
     assert result.returncode == 0, result.stderr
     fresh = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "acg2vec" / "v1").iterdir()}
     checked_in_dir = ROOT / "clients" / "python" / "src"
-    checked_in = {p.relative_to(checked_in_dir): p.read_bytes() for p in (checked_in_dir / "acg2vec" / "v1").iterdir() if p.is_file()}
+    checked_in = {
+        p.relative_to(checked_in_dir): p.read_bytes()
+        for p in (checked_in_dir / "acg2vec" / "v1").iterdir()
+        if p.is_file()
+    }
     stale = sorted(str(k) for k in fresh.keys() | checked_in.keys() if fresh.get(k) != checked_in.get(k))
     assert not stale, f"run `.venv/bin/python scripts/generate_protos.py`; stale: {stale}"
 

@@ -50,8 +50,12 @@ def build_dev_models(root: Path, seed: int = 0, version: int = 1) -> BuiltModels
     tags = read_selected_tags_csv(WD14_SELECTED_TAGS)
     models = build_image_models(ResNetSpec(input_size=DEV_INPUT_SIZE, width=DEV_WIDTH), num_tags=len(tags))
     calibration = _synthetic_images(32, DEV_INPUT_SIZE, seed)
-    norms = [layer for m in (models.tagger, models.deepix) for layer in m.layers
-             if isinstance(layer, keras.layers.BatchNormalization)]
+    norms = [
+        layer
+        for m in (models.tagger, models.deepix)
+        for layer in m.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
     for layer in norms:
         layer.momentum = 0.0  # one training-mode pass sets the moving statistics to this batch's
     models.tagger(calibration, training=True)
@@ -63,6 +67,8 @@ def build_dev_models(root: Path, seed: int = 0, version: int = 1) -> BuiltModels
         "tagger": export_tagger(models.tagger, prep, tags, root / "tagger" / str(version)),
         "illust2vec": export_image_embedder(models.illust2vec, prep, root / "illust2vec" / str(version)),
         "deepix": export_deepix(models.deepix, prep, root / "deepix" / str(version)),
-        "acgvoc2vec": export_text_module(HashingTextEncoder(dim=DEV_TEXT_DIM, seed=seed), root / "acgvoc2vec" / str(version)),
+        "acgvoc2vec": export_text_module(
+            HashingTextEncoder(dim=DEV_TEXT_DIM, seed=seed), root / "acgvoc2vec" / str(version)
+        ),
     }
     return BuiltModels(paths=paths)

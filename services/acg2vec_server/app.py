@@ -123,7 +123,7 @@ class Application:
         for close in self._closers:
             try:
                 await close()
-            except Exception:  # noqa: BLE001 - closing is best effort
+            except Exception:
                 log.exception("error while closing a backend")
         if self.embedded_redis is not None:
             await asyncio.to_thread(self.embedded_redis.stop)

@@ -32,7 +32,9 @@ def settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         flag = f"--{name.replace('_', '-')}"
         if kind is bool:
             flag = f"{flag}/--no-{name.replace('_', '-')}"
-        fn = click.option(flag, name, type=None if kind is bool else kind, default=None, help=help_text, show_default=False)(fn)
+        fn = click.option(
+            flag, name, type=None if kind is bool else kind, default=None, help=help_text, show_default=False
+        )(fn)
         del hint
     return fn
 
@@ -42,7 +44,9 @@ def make_settings(overrides: dict[str, Any]) -> Settings:
 
 
 def setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     for noisy in ("absl", "tensorflow", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -39,10 +39,10 @@ class HealthMonitor:
         self._task: asyncio.Task[None] | None = None
         self._was_down: set[str] = set()
 
-    async def _check(self, name: str, probe, timeout_s: float | None = None) -> bool:  # noqa: ANN001
+    async def _check(self, name: str, probe, timeout_s: float | None = None) -> bool:
         try:
             await asyncio.wait_for(probe, timeout=timeout_s or max(2.0, self.interval_s * 2))
-        except (Acg2vecError, TimeoutError, asyncio.TimeoutError) as e:
+        except (Acg2vecError, TimeoutError) as e:
             message = getattr(e, "message", "") or f"{type(e).__name__}"
             if self.problems.get(name) != message:
                 log.warning("health: %s unavailable: %s", name, message)

@@ -35,7 +35,9 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, log_calls: bool = True):
         self.log_calls = log_calls
 
-    def _record(self, method: str, context: grpc.aio.ServicerContext, start: float, error: BaseException | None) -> None:
+    def _record(
+        self, method: str, context: grpc.aio.ServicerContext, start: float, error: BaseException | None
+    ) -> None:
         elapsed = time.perf_counter() - start
         code = _code(context, error)
         REQUESTS.labels(method, code).inc()
@@ -82,7 +84,10 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
-        kwargs = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+        kwargs = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(self._wrap_unary(method, handler.unary_unary), **kwargs)
         if handler.stream_unary:

@@ -27,7 +27,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ACG2VEC_", extra="ignore")
 
     # --- transport
-    listen: str = Field("127.0.0.1:50051", description="gRPC address to bind, host:port ('0.0.0.0:50051' in containers).")
+    listen: str = Field(
+        "127.0.0.1:50051", description="gRPC address to bind, host:port ('0.0.0.0:50051' in containers)."
+    )
     metrics_port: int = Field(9090, description="Prometheus /metrics HTTP port on the same host; 0 disables it.")
     max_message_bytes: int = Field(32 * 1024 * 1024, description="Largest gRPC message accepted or sent.")
     grace_period_s: float = Field(15.0, description="On SIGTERM, how long in-flight calls may finish.")
@@ -36,11 +38,15 @@ class Settings(BaseSettings):
 
     # --- storage
     data_dir: Path = Field(Path("var"), description="Where embedded backends keep their data.")
-    model_repository: Path | None = Field(None, description="TF-Serving layout model repository; default <data_dir>/models.")
+    model_repository: Path | None = Field(
+        None, description="TF-Serving layout model repository; default <data_dir>/models."
+    )
 
     # --- inference
     inference_backend: InferenceKind = "inprocess"
-    tfserving_target: str = Field("127.0.0.1:8500", description="TF-Serving gRPC host:port when inference_backend=tfserving.")
+    tfserving_target: str = Field(
+        "127.0.0.1:8500", description="TF-Serving gRPC host:port when inference_backend=tfserving."
+    )
     inference_timeout_s: float = 30.0
     inference_threads: int = Field(2, description="Threads running in-process TensorFlow calls.")
     tagger_model: str = "tagger"
@@ -49,7 +55,10 @@ class Settings(BaseSettings):
     popularity_model: str = "deepix"
 
     # --- vectors (Milvus)
-    milvus_uri: str = Field("", description="A file path means Milvus Lite; http://host:19530 a Milvus server. Default <data_dir>/milvus.db.")
+    milvus_uri: str = Field(
+        "",
+        description="A file path means Milvus Lite; http://host:19530 a Milvus server. Default <data_dir>/milvus.db.",
+    )
     milvus_token: str = ""
     milvus_collection: str = "acg2vec_illustrations"
     milvus_index_type: IndexType = "HNSW"
@@ -67,7 +76,9 @@ class Settings(BaseSettings):
 
     # --- request limits
     max_image_bytes: int = 20 * 1024 * 1024
-    max_image_pixels: int = Field(50_000_000, description="Decompression-bomb guard: width*height above this is refused.")
+    max_image_pixels: int = Field(
+        50_000_000, description="Decompression-bomb guard: width*height above this is refused."
+    )
     max_text_chars: int = 2048
     max_batch_size: int = 64
     max_top_k: int = 1000

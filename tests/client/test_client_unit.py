@@ -12,6 +12,11 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+
 from acg2vec.client import Acg2vecClient, AsyncAcg2vecClient, RetryPolicy, search_request, tag_options
 from acg2vec.client._config import channel_options
 from acg2vec.v1 import (
@@ -25,10 +30,6 @@ from acg2vec.v1 import (
     text_feature_pb2,
     text_feature_pb2_grpc,
 )
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 
 TOKEN = "s3cret"
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02)

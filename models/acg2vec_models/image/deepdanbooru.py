@@ -31,13 +31,15 @@ class ResNetSpec:
     repeats: tuple[int, ...] = REPEATS_V3
 
     def stage_filters(self) -> list[int]:
-        return [max(8, int(round(f * self.width))) for f in self.filters]
+        return [max(8, round(f * self.width)) for f in self.filters]
 
 
-def _conv_bn(x: keras.KerasTensor, filters: int, kernel: int, strides: int = 1, relu: bool = True,
-             zero_gamma: bool = False) -> keras.KerasTensor:
-    x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
-                      kernel_initializer="he_normal")(x)
+def _conv_bn(
+    x: keras.KerasTensor, filters: int, kernel: int, strides: int = 1, relu: bool = True, zero_gamma: bool = False
+) -> keras.KerasTensor:
+    x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False, kernel_initializer="he_normal")(
+        x
+    )
     x = layers.BatchNormalization(gamma_initializer="zeros" if zero_gamma else "ones")(x)
     return layers.ReLU()(x) if relu else x
 

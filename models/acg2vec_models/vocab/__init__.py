@@ -13,7 +13,14 @@ WD14_SELECTED_TAGS = HERE / "wd14-selected_tags.csv"
 
 CATEGORIES: tuple[str, ...] = ("general", "character", "copyright", "artist", "meta", "rating")
 #: Danbooru's numeric tag categories as used in WD14's selected_tags.csv.
-DANBOORU_CATEGORY_IDS: dict[int, str] = {0: "general", 1: "artist", 3: "copyright", 4: "character", 5: "meta", 9: "rating"}
+DANBOORU_CATEGORY_IDS: dict[int, str] = {
+    0: "general",
+    1: "artist",
+    3: "copyright",
+    4: "character",
+    5: "meta",
+    9: "rating",
+}
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,8 @@ class InProcessBackend:
                     current = None
                 if current is None:
                     raise ModelNotInstalled(
-                        model, f"no SavedModel under {self.root / model}/<version>/; run `acg2vec models build-defaults`"
+                        model,
+                        f"no SavedModel under {self.root / model}/<version>/; run `acg2vec models build-defaults`",
                     )
                 return current
             if current is not None and current.description.version == version:
@@ -88,7 +89,9 @@ class InProcessBackend:
     async def describe(self, model: str) -> ModelDescription:
         return (await self._run(self._load, model)).description
 
-    def _predict(self, model: str, inputs: Mapping[str, np.ndarray], signature: str) -> tuple[dict[str, np.ndarray], int]:
+    def _predict(
+        self, model: str, inputs: Mapping[str, np.ndarray], signature: str
+    ) -> tuple[dict[str, np.ndarray], int]:
         import tensorflow as tf
 
         loaded = self._load(model)

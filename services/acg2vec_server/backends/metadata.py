@@ -86,9 +86,7 @@ class RedisMetadataStore:
         self.url = url
         self.prefix = prefix
         common: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
-        self._redis: Any = (
-            RedisCluster.from_url(url, **common) if cluster else aioredis.Redis.from_url(url, **common)
-        )
+        self._redis: Any = RedisCluster.from_url(url, **common) if cluster else aioredis.Redis.from_url(url, **common)
 
     def key(self, id: str) -> str:
         return f"{self.prefix}:ill:{{{id}}}"

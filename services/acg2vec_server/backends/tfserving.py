@@ -41,7 +41,9 @@ class TFServingBackend:
     def _error(self, model: str, e: grpc.aio.AioRpcError) -> Exception:
         code = e.code()
         if code in _UNREACHABLE:
-            return BackendUnavailable(self.name, f"TF-Serving at {self.target} is unreachable ({code.name}); retry later")
+            return BackendUnavailable(
+                self.name, f"TF-Serving at {self.target} is unreachable ({code.name}); retry later"
+            )
         if code == grpc.StatusCode.NOT_FOUND:
             return ModelNotInstalled(model, f"TF-Serving at {self.target} does not serve it ({e.details()})")
         if code == grpc.StatusCode.INVALID_ARGUMENT:
@@ -77,7 +79,7 @@ class TFServingBackend:
     async def ping(self) -> None:
         try:
             await asyncio.wait_for(self._channel.channel_ready(), timeout=min(2.0, self.timeout_s))
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             raise BackendUnavailable(self.name, f"TF-Serving at {self.target} is unreachable; retry later") from None
 
     async def close(self) -> None:

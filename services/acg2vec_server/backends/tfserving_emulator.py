@@ -27,7 +27,9 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, backend: InProcessBackend):
         self.backend = backend
 
-    async def Predict(self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext) -> predict_pb2.PredictResponse:  # noqa: N802
+    async def Predict(
+        self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> predict_pb2.PredictResponse:
         name = request.model_spec.name
         signature = request.model_spec.signature_name or "serving_default"
         inputs: dict[str, np.ndarray] = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
@@ -45,7 +47,7 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
         return response
 
-    async def GetModelMetadata(  # noqa: N802
+    async def GetModelMetadata(
         self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> get_model_metadata_pb2.GetModelMetadataResponse:
         name = request.model_spec.name

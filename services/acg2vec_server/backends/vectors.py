@@ -9,6 +9,7 @@ ANN search rather than after it. Cosine metric on L2-normalised vectors.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -107,16 +108,16 @@ class MilvusVectorStore:
                 raise
             except Exception as e:  # pymilvus raises MilvusException and grpc errors for connection failures
                 self._drop_client()
-                raise BackendUnavailable(self.name, f"vector store (Milvus) at {self.uri} failed: {e}; retry later") from None
+                raise BackendUnavailable(
+                    self.name, f"vector store (Milvus) at {self.uri} failed: {e}; retry later"
+                ) from None
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     def _drop_client(self) -> None:
         if self._client is not None and not self.is_lite:
-            try:
+            with contextlib.suppress(Exception):  # best effort on a broken connection
                 self._client.close()
-            except Exception:  # noqa: BLE001 - best effort on a broken connection
-                pass
             self._client = None
 
     # -- schema
@@ -147,7 +148,9 @@ class MilvusVectorStore:
             for field_name in ("image_vector", "text_vector"):
                 index.add_index(field_name, index_type=self.index_type, metric_type="COSINE", params=params)
             client.create_collection(self.collection, schema=schema, index_params=index)
-            log.info("created Milvus collection %s (%s, dims %d/%d)", self.collection, self.index_type, image_dim, text_dim)
+            log.info(
+                "created Milvus collection %s (%s, dims %d/%d)", self.collection, self.index_type, image_dim, text_dim
+            )
         client.load_collection(self.collection)
         self.dims = (image_dim, text_dim)
 
@@ -156,7 +159,9 @@ class MilvusVectorStore:
 
     def _require(self) -> None:
         if self.dims is None:
-            raise FailedPrecondition("the vector collection is not ready: models are missing or still loading; retry later")
+            raise FailedPrecondition(
+                "the vector collection is not ready: models are missing or still loading; retry later"
+            )
 
     # -- data
     async def upsert(self, rows: list[VectorRow]) -> None:

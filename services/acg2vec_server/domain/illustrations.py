@@ -89,7 +89,7 @@ class SearchPage:
     model: ModelRef | None
 
 
-def tag_text(record_tags: list, metadata: IllustrationMetadata) -> str:  # noqa: ANN001
+def tag_text(record_tags: list, metadata: IllustrationMetadata) -> str:
     """The text whose vector represents an illustration in the text space: its tags, as words."""
     words = [t.name.replace("_", " ") for t in record_tags if t.category != "rating"]
     return ", ".join(words) or metadata.title or "illustration"
@@ -125,7 +125,7 @@ class Illustrations:
         await self.vectors.ensure_collection(image.output_dim("embedding"), text.output_dim("embedding"))
 
     async def _fault(self, point: str) -> None:
-        if CRASH_AT == point:
+        if point == CRASH_AT:
             os._exit(137)  # a real crash: no cleanup, no flush
         if self.fault_hook is not None:
             await self.fault_hook(point)
@@ -188,7 +188,9 @@ class Illustrations:
         images = [image for _, _, image in todo]
         tags = await self.tagger.tag(images, TagOptions())
         image_vectors = await self.models.embed_images(images)
-        text_vectors = await self.models.embed_texts([tag_text(t.tags, item.metadata) for t, (_, item, _) in zip(tags, todo, strict=True)])
+        text_vectors = await self.models.embed_texts(
+            [tag_text(t.tags, item.metadata) for t, (_, item, _) in zip(tags, todo, strict=True)]
+        )
         for (i, item, _), t, iv, tv in zip(todo, tags, image_vectors, text_vectors, strict=True):
             try:
                 results[i].record, results[i].outcome = await self._store(item, t, iv, tv)
@@ -196,12 +198,20 @@ class Illustrations:
                 results[i].error = e
         return results
 
-    async def _store(self, item: IndexItem, tags, image_vector, text_vector) -> tuple[IllustrationRecord, Outcome]:  # noqa: ANN001
+    async def _store(self, item: IndexItem, tags, image_vector, text_vector) -> tuple[IllustrationRecord, Outcome]:
         sha = hashlib.sha256(item.image).hexdigest()
         async with self._lock(item.id):
             existing = await self._current(item.id)
-            same_models = existing is not None and (existing.image_model, existing.text_model) == (image_vector.model, text_vector.model)
-            if existing is not None and same_models and existing.content_sha256 == sha and existing.metadata == item.metadata:
+            same_models = existing is not None and (existing.image_model, existing.text_model) == (
+                image_vector.model,
+                text_vector.model,
+            )
+            if (
+                existing is not None
+                and same_models
+                and existing.content_sha256 == sha
+                and existing.metadata == item.metadata
+            ):
                 return existing, "unchanged"
             now = self.clock()
             record = IllustrationRecord(
@@ -270,8 +280,12 @@ class Illustrations:
             vector = self._check_vector(query.vector, space)
             fingerprint = hashlib.sha256(np.asarray(vector, "<f4").tobytes()).hexdigest()
         else:
-            raise InvalidInput("set one query: image, illustration_id, vector or text", [FieldViolation("query", "unset")])
-        fingerprint = hashlib.sha256(json.dumps([fingerprint, space, flt.__dict__, exact_rerank], sort_keys=True).encode()).hexdigest()[:16]
+            raise InvalidInput(
+                "set one query: image, illustration_id, vector or text", [FieldViolation("query", "unset")]
+            )
+        fingerprint = hashlib.sha256(
+            json.dumps([fingerprint, space, flt.__dict__, exact_rerank], sort_keys=True).encode()
+        ).hexdigest()[:16]
         offset = decode_page_token(page_token, fingerprint)
         if offset + top_k > MAX_WINDOW:
             raise InvalidInput(
@@ -282,7 +296,9 @@ class Illustrations:
             window = min(MAX_WINDOW, max(4 * (offset + top_k), 64))
             candidates = await self.vectors.search(space, vector, window, 0, flt, exclude)
             stored = await self.vectors.get_vectors([c.id for c in candidates], space)
-            scored = sorted(((float(np.dot(stored[c.id], vector)), c.id) for c in candidates if c.id in stored), reverse=True)
+            scored = sorted(
+                ((float(np.dot(stored[c.id], vector)), c.id) for c in candidates if c.id in stored), reverse=True
+            )
             page = [(id, s) for s, id in scored[offset : offset + top_k + 1]]
         else:
             page = [(h.id, h.score) for h in await self.vectors.search(space, vector, top_k + 1, offset, flt, exclude)]
@@ -303,7 +319,9 @@ class Illustrations:
                 [FieldViolation("vector.values", f"expected {expected} values")],
             )
         if not np.all(np.isfinite(vector)) or not np.any(vector):
-            raise InvalidInput("vector must be finite and non-zero", [FieldViolation("vector.values", "not finite or zero")])
+            raise InvalidInput(
+                "vector must be finite and non-zero", [FieldViolation("vector.values", "not finite or zero")]
+            )
         return vector / np.linalg.norm(vector)
 
 
@@ -318,9 +336,13 @@ def decode_page_token(token: str, fingerprint: str) -> int:
         data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         offset, query = int(data["o"]), str(data["q"])
     except (ValueError, KeyError, TypeError):
-        raise InvalidInput("page_token is not one this server issued; start again without it",
-                           [FieldViolation("page_token", "malformed")]) from None
+        raise InvalidInput(
+            "page_token is not one this server issued; start again without it",
+            [FieldViolation("page_token", "malformed")],
+        ) from None
     if query != fingerprint or offset < 0:
-        raise InvalidInput("page_token belongs to a different query or filter; send the same query as the first page",
-                           [FieldViolation("page_token", "query mismatch")])
+        raise InvalidInput(
+            "page_token belongs to a different query or filter; send the same query as the first page",
+            [FieldViolation("page_token", "query mismatch")],
+        )
     return offset

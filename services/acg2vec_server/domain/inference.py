@@ -36,8 +36,10 @@ class Models:
                 raise FailedPrecondition(f"{e}. This server answers without it; install one to use this call") from None
             raise BackendUnavailable("inference", f"{e}") from None
         except InferenceInputError as e:
-            raise InvalidInput(f"the input is corrupt: the model's decoder refused it ({e})",
-                               [FieldViolation("image", "corrupt image")]) from None
+            raise InvalidInput(
+                f"the input is corrupt: the model's decoder refused it ({e})",
+                [FieldViolation("image", "corrupt image")],
+            ) from None
         return outputs, ModelRef(model, version)
 
     async def run_images(
@@ -68,7 +70,9 @@ class Models:
         if self._labels is None or self._labels.version != version:
             outputs, ref = await self.run(self.tagger, {}, signature="labels")
             names = [n.decode() if isinstance(n, bytes) else str(n) for n in outputs["names"]]
-            cats = np.array([c.decode() if isinstance(c, bytes) else str(c) for c in outputs["categories"]], dtype=object)
+            cats = np.array(
+                [c.decode() if isinstance(c, bytes) else str(c) for c in outputs["categories"]], dtype=object
+            )
             self._labels = Labels(ref.version, names, cats)
         return self._labels
 

@@ -54,7 +54,9 @@ def check_image(data: bytes, limits: Limits, field: str = "image") -> bytes:
     except (TooLarge, InvalidInput):
         raise
     except UnidentifiedImageError:
-        raise InvalidInput(f"{field} is not an image: {FORMATS_HINT}", [FieldViolation(field, "not an image")]) from None
+        raise InvalidInput(
+            f"{field} is not an image: {FORMATS_HINT}", [FieldViolation(field, "not an image")]
+        ) from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise InvalidInput(
             f"{field} is corrupt or truncated ({e}); {FORMATS_HINT}", [FieldViolation(field, "corrupt image")]
@@ -123,5 +125,7 @@ def collect(items: list[bytes], limits: Limits, field: str) -> list[bytes]:
             violations += e.violations
             first = first or e
     if first is not None:
-        raise type(first)(first.message + (f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""), violations)
+        raise type(first)(
+            first.message + (f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""), violations
+        )
     return checked

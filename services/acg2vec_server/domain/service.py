@@ -22,7 +22,9 @@ class Domain:
     illustrations: Illustrations
 
     @classmethod
-    def build(cls, settings: Settings, inference: InferenceBackend, meta: MetadataStore, vectors: VectorStore) -> Domain:
+    def build(
+        cls, settings: Settings, inference: InferenceBackend, meta: MetadataStore, vectors: VectorStore
+    ) -> Domain:
         limits = Limits(
             settings.max_image_bytes, settings.max_image_pixels, settings.max_text_chars,
             settings.max_batch_size, settings.max_top_k,

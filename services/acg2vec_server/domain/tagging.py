@@ -31,14 +31,11 @@ class Tagger:
         labels = await self.models.labels(ref.version)
         scores = np.asarray(outputs["scores"], dtype=np.float32)
         return [
-            self._tags(row, labels, options, ref, popularity[i] if popularity else None)
-            for i, row in enumerate(scores)
+            self._tags(row, labels, options, ref, popularity[i] if popularity else None) for i, row in enumerate(scores)
         ]
 
-    def _tags(self, row: np.ndarray, labels: Labels, options: TagOptions, ref, popularity) -> ImageTags:  # noqa: ANN001
-        thresholds = np.array(
-            [options.thresholds.get(c, self.default_threshold) for c in CATEGORIES], dtype=np.float32
-        )
+    def _tags(self, row: np.ndarray, labels: Labels, options: TagOptions, ref, popularity) -> ImageTags:
+        thresholds = np.array([options.thresholds.get(c, self.default_threshold) for c in CATEGORIES], dtype=np.float32)
         per_tag = thresholds[[CATEGORIES.index(c) if c in CATEGORIES else 0 for c in labels.categories]]
         is_rating = labels.categories == "rating"
         chosen = np.flatnonzero((row >= per_tag) & ~is_rating)

@@ -34,7 +34,9 @@ def feature(e: types.Embedding) -> common_pb2.FeatureVector:
 
 
 def tag(t: types.TagScore) -> common_pb2.Tag:
-    return common_pb2.Tag(name=t.name, score=t.score, category=CATEGORY.get(t.category, common_pb2.TAG_CATEGORY_GENERAL))
+    return common_pb2.Tag(
+        name=t.name, score=t.score, category=CATEGORY.get(t.category, common_pb2.TAG_CATEGORY_GENERAL)
+    )
 
 
 def tag_options(options: tagging_pb2.TagOptions) -> types.TagOptions:
@@ -104,8 +106,10 @@ def illustration(r: types.IllustrationRecord, include_vectors: bool = False) -> 
 def search_filter(f: search_pb2.SearchFilter) -> types.SearchFilter:
     bad = [r for r in f.ratings if r not in RATING_NAME]
     if bad:
-        raise InvalidInput(f"filter.ratings has unknown values {bad}; use RATING_GENERAL..RATING_EXPLICIT",
-                           [FieldViolation("filter.ratings", "unknown rating")])
+        raise InvalidInput(
+            f"filter.ratings has unknown values {bad}; use RATING_GENERAL..RATING_EXPLICIT",
+            [FieldViolation("filter.ratings", "unknown rating")],
+        )
     return types.SearchFilter(
         ratings=[RATING_NAME[r] for r in f.ratings],
         required_tags=list(f.required_tags),

@@ -41,19 +41,19 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
         self.d = domain
 
     @handle_errors
-    async def TagImage(self, request: tp.TagImageRequest, context: Ctx) -> tp.TagImageResponse:  # noqa: N802
+    async def TagImage(self, request: tp.TagImageRequest, context: Ctx) -> tp.TagImageResponse:
         image = inputs.check_image(request.image, self.d.limits)
         [result] = await self.d.tagger.tag([image], convert.tag_options(request.options))
         return tp.TagImageResponse(result=convert.image_tags(result))
 
     @handle_errors
-    async def BatchTagImages(self, request: tp.BatchTagImagesRequest, context: Ctx) -> tp.BatchTagImagesResponse:  # noqa: N802
+    async def BatchTagImages(self, request: tp.BatchTagImagesRequest, context: Ctx) -> tp.BatchTagImagesResponse:
         inputs.check_batch(len(request.images), self.d.limits, "images")
         images = inputs.collect(list(request.images), self.d.limits, "images")
         results = await self.d.tagger.tag(images, convert.tag_options(request.options))
         return tp.BatchTagImagesResponse(results=[convert.image_tags(r) for r in results])
 
-    async def StreamTagImages(  # noqa: N802
+    async def StreamTagImages(
         self, request_iterator: AsyncIterator[tp.StreamTagImagesRequest], context: Ctx
     ) -> AsyncIterator[tp.StreamTagImagesResponse]:
         async for batch in batches(request_iterator, self.d.limits.max_batch_size):
@@ -69,7 +69,7 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
                 options: TagOptions = convert.tag_options(items[0][0].options)
                 try:
                     results = await self.d.tagger.tag([image for _, image in items], options)
-                except Exception as e:  # noqa: BLE001 - reported per item, the stream goes on
+                except Exception as e:
                     for req, _ in items:
                         yield tp.StreamTagImagesResponse(request_id=req.request_id, error=item_error(e))
                     continue
@@ -77,7 +77,9 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
                     yield tp.StreamTagImagesResponse(request_id=req.request_id, result=convert.image_tags(result))
 
     @handle_errors
-    async def PredictPopularity(self, request: tp.PredictPopularityRequest, context: Ctx) -> tp.PredictPopularityResponse:  # noqa: N802
+    async def PredictPopularity(
+        self, request: tp.PredictPopularityRequest, context: Ctx
+    ) -> tp.PredictPopularityResponse:
         image = inputs.check_image(request.image, self.d.limits)
         [result] = await self.d.tagger.popularity([image])
         return tp.PredictPopularityResponse(popularity=convert.popularity(result))
@@ -88,19 +90,21 @@ class ImageFeatureServicer(image_feature_pb2_grpc.ImageFeatureServiceServicer):
         self.d = domain
 
     @handle_errors
-    async def ExtractImageFeature(self, request: ifp.ExtractImageFeatureRequest, context: Ctx) -> ifp.ExtractImageFeatureResponse:  # noqa: N802
+    async def ExtractImageFeature(
+        self, request: ifp.ExtractImageFeatureRequest, context: Ctx
+    ) -> ifp.ExtractImageFeatureResponse:
         [e] = await self.d.models.embed_images([inputs.check_image(request.image, self.d.limits)])
         return ifp.ExtractImageFeatureResponse(feature=convert.feature(e))
 
     @handle_errors
-    async def BatchExtractImageFeatures(  # noqa: N802
+    async def BatchExtractImageFeatures(
         self, request: ifp.BatchExtractImageFeaturesRequest, context: Ctx
     ) -> ifp.BatchExtractImageFeaturesResponse:
         inputs.check_batch(len(request.images), self.d.limits, "images")
         embeddings = await self.d.models.embed_images(inputs.collect(list(request.images), self.d.limits, "images"))
         return ifp.BatchExtractImageFeaturesResponse(features=[convert.feature(e) for e in embeddings])
 
-    async def StreamExtractImageFeatures(  # noqa: N802
+    async def StreamExtractImageFeatures(
         self, request_iterator: AsyncIterator[ifp.StreamExtractImageFeaturesRequest], context: Ctx
     ) -> AsyncIterator[ifp.StreamExtractImageFeaturesResponse]:
         async for batch in batches(request_iterator, self.d.limits.max_batch_size):
@@ -114,7 +118,7 @@ class ImageFeatureServicer(image_feature_pb2_grpc.ImageFeatureServiceServicer):
                 continue
             try:
                 embeddings = await self.d.models.embed_images([image for _, image in good])
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 for rid, _ in good:
                     yield ifp.StreamExtractImageFeaturesResponse(request_id=rid, error=item_error(e))
                 continue
@@ -127,12 +131,14 @@ class TextFeatureServicer(text_feature_pb2_grpc.TextFeatureServiceServicer):
         self.d = domain
 
     @handle_errors
-    async def ExtractTextFeature(self, request: txp.ExtractTextFeatureRequest, context: Ctx) -> txp.ExtractTextFeatureResponse:  # noqa: N802
+    async def ExtractTextFeature(
+        self, request: txp.ExtractTextFeatureRequest, context: Ctx
+    ) -> txp.ExtractTextFeatureResponse:
         [e] = await self.d.models.embed_texts([inputs.check_text(request.text, self.d.limits)])
         return txp.ExtractTextFeatureResponse(feature=convert.feature(e))
 
     @handle_errors
-    async def BatchExtractTextFeatures(  # noqa: N802
+    async def BatchExtractTextFeatures(
         self, request: txp.BatchExtractTextFeaturesRequest, context: Ctx
     ) -> txp.BatchExtractTextFeaturesResponse:
         inputs.check_batch(len(request.texts), self.d.limits, "texts")
@@ -140,7 +146,7 @@ class TextFeatureServicer(text_feature_pb2_grpc.TextFeatureServiceServicer):
         embeddings = await self.d.models.embed_texts(texts)
         return txp.BatchExtractTextFeaturesResponse(features=[convert.feature(e) for e in embeddings])
 
-    async def StreamExtractTextFeatures(  # noqa: N802
+    async def StreamExtractTextFeatures(
         self, request_iterator: AsyncIterator[txp.StreamExtractTextFeaturesRequest], context: Ctx
     ) -> AsyncIterator[txp.StreamExtractTextFeaturesResponse]:
         async for batch in batches(request_iterator, self.d.limits.max_batch_size):
@@ -154,7 +160,7 @@ class TextFeatureServicer(text_feature_pb2_grpc.TextFeatureServiceServicer):
                 continue
             try:
                 embeddings = await self.d.models.embed_texts([text for _, text in good])
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 for rid, _ in good:
                     yield txp.StreamExtractTextFeaturesResponse(request_id=rid, error=item_error(e))
                 continue
@@ -167,13 +173,15 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         self.d = domain
 
     @handle_errors
-    async def Search(self, request: sp.SearchRequest, context: Ctx) -> sp.SearchResponse:  # noqa: N802
+    async def Search(self, request: sp.SearchRequest, context: Ctx) -> sp.SearchResponse:
         kind = request.WhichOneof("query")
         if kind == "vector":
             space = {sp.VECTOR_SPACE_IMAGE: "image", sp.VECTOR_SPACE_TEXT: "text"}.get(request.vector.space)
             if space is None:
-                raise InvalidInput("vector.space must be VECTOR_SPACE_IMAGE or VECTOR_SPACE_TEXT",
-                                   [FieldViolation("vector.space", "unset")])
+                raise InvalidInput(
+                    "vector.space must be VECTOR_SPACE_IMAGE or VECTOR_SPACE_TEXT",
+                    [FieldViolation("vector.space", "unset")],
+                )
             query = Query(vector=list(request.vector.values), vector_space=space)  # type: ignore[arg-type]
         elif kind == "image":
             query = Query(image=request.image)
@@ -182,7 +190,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         elif kind == "text":
             query = Query(text=request.text)
         else:
-            raise InvalidInput("set one query: image, illustration_id, vector or text", [FieldViolation("query", "unset")])
+            raise InvalidInput(
+                "set one query: image, illustration_id, vector or text", [FieldViolation("query", "unset")]
+            )
         page = await self.d.illustrations.search(
             query, request.top_k, convert.search_filter(request.filter), request.page_token, request.exact_rerank
         )
@@ -194,7 +204,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         )
 
     @handle_errors
-    async def IndexIllustration(self, request: sp.IndexIllustrationRequest, context: Ctx) -> sp.IndexIllustrationResponse:  # noqa: N802
+    async def IndexIllustration(
+        self, request: sp.IndexIllustrationRequest, context: Ctx
+    ) -> sp.IndexIllustrationResponse:
         [result] = await self.d.illustrations.index(
             [IndexItem(request.id, request.image, convert.metadata_from(request.metadata))]
         )
@@ -205,14 +217,14 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             illustration=convert.illustration(result.record), outcome=convert.OUTCOME[result.outcome]
         )
 
-    async def StreamIndexIllustrations(  # noqa: N802
+    async def StreamIndexIllustrations(
         self, request_iterator: AsyncIterator[sp.StreamIndexIllustrationsRequest], context: Ctx
     ) -> AsyncIterator[sp.StreamIndexIllustrationsResponse]:
         async for batch in batches(request_iterator, self.d.limits.max_batch_size):
             items = [IndexItem(r.id, r.image, convert.metadata_from(r.metadata)) for r in batch]
             try:
                 results = await self.d.illustrations.index(items)
-            except Exception as e:  # noqa: BLE001 - the batch failed as a whole (e.g. a backend is down)
+            except Exception as e:
                 for item in items:
                     yield sp.StreamIndexIllustrationsResponse(id=item.id, error=item_error(e))
                 continue
@@ -224,17 +236,19 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                     yield sp.StreamIndexIllustrationsResponse(id=r.id, outcome=convert.OUTCOME[r.outcome])
 
     @handle_errors
-    async def GetIllustration(self, request: sp.GetIllustrationRequest, context: Ctx) -> sp.GetIllustrationResponse:  # noqa: N802
+    async def GetIllustration(self, request: sp.GetIllustrationRequest, context: Ctx) -> sp.GetIllustrationResponse:
         record = await self.d.illustrations.get(request.id)
         return sp.GetIllustrationResponse(illustration=convert.illustration(record, request.include_vectors))
 
     @handle_errors
-    async def UpdateIllustrationMetadata(  # noqa: N802
+    async def UpdateIllustrationMetadata(
         self, request: sp.UpdateIllustrationMetadataRequest, context: Ctx
     ) -> sp.UpdateIllustrationMetadataResponse:
         record = await self.d.illustrations.update_metadata(request.id, convert.metadata_from(request.metadata))
         return sp.UpdateIllustrationMetadataResponse(illustration=convert.illustration(record))
 
     @handle_errors
-    async def DeleteIllustration(self, request: sp.DeleteIllustrationRequest, context: Ctx) -> sp.DeleteIllustrationResponse:  # noqa: N802
+    async def DeleteIllustration(
+        self, request: sp.DeleteIllustrationRequest, context: Ctx
+    ) -> sp.DeleteIllustrationResponse:
         return sp.DeleteIllustrationResponse(existed=await self.d.illustrations.delete(request.id))
