@@ -1,0 +1,118 @@
+"""The server as a process: SIGTERM drains in-flight calls; a crash between the two writes is repaired."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from acg2vec.v1 import search_pb2, search_pb2_grpc, tagging_pb2, tagging_pb2_grpc
+from acg2vec_server.backends.embedded_redis import EmbeddedRedis, free_port
+from acg2vec_server.backends.metadata import RedisMetadataStore
+from tests.helpers import image_bytes
+
+ACG2VEC = str(Path(sys.executable).parent / "acg2vec")
+
+
+async def start_server(data_dir: Path, model_repo: Path, redis_url: str, **env: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    environment = {
+        **os.environ, "ACG2VEC_DATA_DIR": str(data_dir), "ACG2VEC_MODEL_REPOSITORY": str(model_repo),
+        "ACG2VEC_REDIS_URL": redis_url, "ACG2VEC_METRICS_PORT": "0", "ACG2VEC_MILVUS_INDEX_TYPE": "FLAT",
+        "ACG2VEC_GRACE_PERIOD_S": "20", "ACG2VEC_ACCESS_LOG": "false", **env,
+    }  # fmt: skip
+    process = subprocess.Popen(
+        [ACG2VEC, "serve", "--listen", f"127.0.0.1:{port}"], env=environment,
+        stdout=subprocess.DEVNULL, stderr=open(data_dir / "server.log", "ab"),  # noqa: SIM115
+    )  # fmt: skip
+    target = f"127.0.0.1:{port}"
+    async with grpc.aio.insecure_channel(target) as channel:
+        for _ in range(600):
+            assert process.poll() is None, (data_dir / "server.log").read_text()[-3000:]
+            try:
+                reply = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=1
+                )
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return process, target
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.2)
+    raise AssertionError("server did not become SERVING")
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    server = EmbeddedRedis(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_sigterm_drains_in_flight_stream(tmp_path, model_repo, own_redis):
+    process, target = await start_server(tmp_path, model_repo, own_redis.url)
+    try:
+        sent = asyncio.Event()
+
+        async def requests():
+            for i in range(12):
+                if i == 4:
+                    sent.set()
+                    await asyncio.sleep(0.5)  # SIGTERM arrives while the call is open
+                yield tagging_pb2.StreamTagImagesRequest(request_id=str(i), image=image_bytes(i))
+
+        async with grpc.aio.insecure_channel(target) as channel:
+            call = tagging_pb2_grpc.TaggingServiceStub(channel).StreamTagImages(requests())
+
+            async def collect():
+                return [a async for a in call]
+
+            task = asyncio.create_task(collect())
+            await sent.wait()
+            process.send_signal(signal.SIGTERM)
+            answers = await asyncio.wait_for(task, 60)
+        assert sorted(int(a.request_id) for a in answers) == list(range(12))
+        assert all(a.HasField("result") for a in answers)
+        assert await asyncio.to_thread(process.wait, 60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+async def test_crash_between_metadata_and_vector_writes_is_repaired(tmp_path, model_repo, own_redis):
+    process, target = await start_server(tmp_path, model_repo, own_redis.url, ACG2VEC_CRASH_AT="after_metadata")
+    try:
+        async with grpc.aio.insecure_channel(target) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await search_pb2_grpc.SearchServiceStub(channel).IndexIllustration(
+                    search_pb2.IndexIllustrationRequest(id="crash-1", image=image_bytes(42)), timeout=60
+                )
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # never acknowledged
+        assert await asyncio.to_thread(process.wait, 30) == 137
+    finally:
+        if process.poll() is None:
+            process.kill()
+    store = RedisMetadataStore(own_redis.url)
+    assert await store.pending() == ["crash-1"]  # the record is written, Milvus is not
+    assert (await store.get("crash-1")).state == "pending"
+
+    process, target = await start_server(tmp_path, model_repo, own_redis.url)  # start-up repairs
+    try:
+        assert await store.pending() == []
+        assert (await store.get("crash-1")).state == "committed"
+        async with grpc.aio.insecure_channel(target) as channel:
+            hits = await search_pb2_grpc.SearchServiceStub(channel).Search(
+                search_pb2.SearchRequest(image=image_bytes(42), top_k=1)
+            )
+            assert hits.hits[0].id == "crash-1"
+    finally:
+        await store.close()
+        process.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(process.wait, 60)
