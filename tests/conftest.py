@@ -3,7 +3,9 @@ a real gRPC server on a local port, called through the generated stubs."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -18,6 +20,21 @@ from acg2vec_server.settings import Settings
 from tests.helpers import dev_model_repository
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest_asyncio.fixture(scope="session", autouse=True)
+async def _no_stray_tasks() -> AsyncIterator[None]:
+    """Torn down last: cancels what tests left running (grpc.aio internals can ignore the loop's own
+    cancel-and-wait at close, which would hang the run), with a bound on the wait."""
+    yield
+    current = asyncio.current_task()
+    stray = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+    for task in stray:
+        task.cancel()
+    if stray:
+        _, pending = await asyncio.wait(stray, timeout=5)
+        for task in pending:
+            print(f"task ignored cancellation: {task!r}", file=sys.stderr)
 
 
 @pytest.fixture(scope="session")

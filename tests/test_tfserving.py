@@ -82,7 +82,7 @@ async def test_service_over_tfserving_and_inference_outage(tmp_path, model_repo,
             assert [(t.name, round(t.score, 5)) for t in remote.result.tags] == [
                 (t.name, round(t.score, 5)) for t in local.result.tags
             ]
-            assert await health(channel, "acg2vec.v1.TaggingService") == health_pb2.HealthCheckResponse.SERVING
+            await wait_for(channel, "acg2vec.v1.TaggingService", health_pb2.HealthCheckResponse.SERVING)
 
             await emulator.stop(0)
             with pytest.raises(grpc.aio.AioRpcError) as info:

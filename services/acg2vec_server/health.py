@@ -38,6 +38,7 @@ class HealthMonitor:
         self.problems: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
         self._was_down: set[str] = set()
+        self._stopping = False
 
     async def _check(self, name: str, probe, timeout_s: float | None = None) -> bool:
         try:
@@ -86,7 +87,9 @@ class HealthMonitor:
         await self.servicer.set(service, status)
 
     async def _loop(self) -> None:
-        while True:
+        # A flag as well as cancel(): asyncio.wait_for in Python 3.11 can swallow a cancellation that
+        # arrives as its inner call completes, which would leave this loop running forever.
+        while not self._stopping:
             await asyncio.sleep(self.interval_s)
             try:
                 await self.probe_once()
@@ -98,7 +101,9 @@ class HealthMonitor:
 
     async def stop(self) -> None:
         """Everything NOT_SERVING (load balancers stop routing here), then the probes stop."""
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
+            await asyncio.wait([self._task], timeout=5)
         for service in (*SERVICES, ""):
             await self.set(service, False)
