@@ -60,9 +60,12 @@ async def test_stream_tag_images_answers_each_item_and_reports_bad_ones(stubs):
         for i in range(5):
             yield tagging_pb2.StreamTagImagesRequest(request_id=f"r{i}", image=image_bytes(i))
         yield tagging_pb2.StreamTagImagesRequest(request_id="bad", image=b"not an image")
+        bad_options = tagging_pb2.TagOptions(thresholds=tagging_pb2.CategoryThresholds(general=1.5))
+        yield tagging_pb2.StreamTagImagesRequest(request_id="bad-options", image=image_bytes(0), options=bad_options)
 
     answers = {a.request_id: a async for a in stubs.tagging.StreamTagImages(requests())}
-    assert set(answers) == {"r0", "r1", "r2", "r3", "r4", "bad"}
+    assert set(answers) == {"r0", "r1", "r2", "r3", "r4", "bad", "bad-options"}
+    assert answers["bad-options"].error.code == 3 and "thresholds.general" in answers["bad-options"].error.message
     assert all(answers[f"r{i}"].HasField("result") for i in range(5))
     assert answers["bad"].error.code == 3 and "not an image" in answers["bad"].error.message
 

@@ -18,7 +18,6 @@ from acg2vec_server.settings import Settings
 def settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """One --flag per Settings field (flags override ACG2VEC_* env vars, which override defaults)."""
     for name, info in reversed(list(Settings.model_fields.items())):
-        hint = str(info.annotation)
         kind: Any = str
         if info.annotation is bool:
             kind = bool
@@ -35,7 +34,6 @@ def settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         fn = click.option(
             flag, name, type=None if kind is bool else kind, default=None, help=help_text, show_default=False
         )(fn)
-        del hint
     return fn
 
 

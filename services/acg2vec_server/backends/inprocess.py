@@ -23,6 +23,7 @@ from acg2vec_server.backends.inference import (
     ModelNotInstalled,
     signature_infos,
 )
+from acg2vec_server.errors import BackendUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,6 @@ class InProcessBackend:
 
     async def ping(self) -> None:
         if not self.root.is_dir():
-            from acg2vec_server.errors import BackendUnavailable
-
             raise BackendUnavailable(self.name, f"model repository {self.root} does not exist")
 
     async def close(self) -> None:

@@ -30,6 +30,9 @@ MAX_WINDOW = 16384
 
 
 class VectorStore(Protocol):
+    #: (image, text) dimensions once the collection is ready, else None.
+    dims: tuple[int, int] | None
+
     async def ensure_collection(self, image_dim: int, text_dim: int) -> None: ...
     async def upsert(self, rows: list[VectorRow]) -> None: ...
     async def delete(self, ids: list[str]) -> None: ...

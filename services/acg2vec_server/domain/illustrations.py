@@ -310,7 +310,7 @@ class Illustrations:
         return SearchPage(hits, token, space, model)
 
     def _check_vector(self, values: list[float], space: Space) -> np.ndarray:
-        dims = getattr(self.vectors, "dims", None)
+        dims = self.vectors.dims
         expected = dims[0 if space == "image" else 1] if dims else None
         vector = np.asarray(values, dtype=np.float32)
         if vector.ndim != 1 or (expected is not None and vector.shape[0] != expected):

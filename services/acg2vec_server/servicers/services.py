@@ -27,11 +27,11 @@ from acg2vec.v1 import (
 from acg2vec_server.domain import inputs
 from acg2vec_server.domain.illustrations import IndexItem, Query
 from acg2vec_server.domain.service import Domain
-from acg2vec_server.domain.types import TagOptions
-from acg2vec_server.errors import Acg2vecError, FieldViolation, InvalidInput
+from acg2vec_server.domain.types import ImageTags, TagOptions
+from acg2vec_server.errors import FieldViolation, InvalidInput
 from acg2vec_server.servicers import convert
 from acg2vec_server.servicers.status import handle_errors, item_error
-from acg2vec_server.servicers.streaming import batches
+from acg2vec_server.servicers.streaming import answer_batch, batches
 
 Ctx = grpc.aio.ServicerContext
 
@@ -56,25 +56,23 @@ class TaggingServicer(tagging_pb2_grpc.TaggingServiceServicer):
     async def StreamTagImages(
         self, request_iterator: AsyncIterator[tp.StreamTagImagesRequest], context: Ctx
     ) -> AsyncIterator[tp.StreamTagImagesResponse]:
+        def check(req: tp.StreamTagImagesRequest) -> tuple[TagOptions, bytes]:
+            return convert.tag_options(req.options), inputs.check_image(req.image, self.d.limits)
+
+        async def run(items: list[tuple[TagOptions, bytes]]) -> list[ImageTags]:
+            return await self.d.tagger.tag([image for _, image in items], items[0][0])
+
         async for batch in batches(request_iterator, self.d.limits.max_batch_size):
-            groups: dict[tuple[bytes, int], list[tuple[tp.StreamTagImagesRequest, bytes]]] = {}
+            groups: dict[bytes, list[tp.StreamTagImagesRequest]] = {}  # one model call per distinct options
             for req in batch:
-                try:
-                    image = inputs.check_image(req.image, self.d.limits)
-                except Acg2vecError as e:
-                    yield tp.StreamTagImagesResponse(request_id=req.request_id, error=item_error(e))
-                    continue
-                groups.setdefault((req.options.SerializeToString(deterministic=True), 0), []).append((req, image))
-            for items in groups.values():
-                options: TagOptions = convert.tag_options(items[0][0].options)
-                try:
-                    results = await self.d.tagger.tag([image for _, image in items], options)
-                except Exception as e:
-                    for req, _ in items:
-                        yield tp.StreamTagImagesResponse(request_id=req.request_id, error=item_error(e))
-                    continue
-                for (req, _), result in zip(items, results, strict=True):
-                    yield tp.StreamTagImagesResponse(request_id=req.request_id, result=convert.image_tags(result))
+                groups.setdefault(req.options.SerializeToString(deterministic=True), []).append(req)
+            for group in groups.values():
+                async for answer in answer_batch(
+                    group, check, run,
+                    lambda r, t: tp.StreamTagImagesResponse(request_id=r.request_id, result=convert.image_tags(t)),
+                    lambda r, error: tp.StreamTagImagesResponse(request_id=r.request_id, error=error),
+                ):  # fmt: skip
+                    yield answer
 
     @handle_errors
     async def PredictPopularity(
@@ -108,22 +106,16 @@ class ImageFeatureServicer(image_feature_pb2_grpc.ImageFeatureServiceServicer):
         self, request_iterator: AsyncIterator[ifp.StreamExtractImageFeaturesRequest], context: Ctx
     ) -> AsyncIterator[ifp.StreamExtractImageFeaturesResponse]:
         async for batch in batches(request_iterator, self.d.limits.max_batch_size):
-            good: list[tuple[str, bytes]] = []
-            for req in batch:
-                try:
-                    good.append((req.request_id, inputs.check_image(req.image, self.d.limits)))
-                except Acg2vecError as e:
-                    yield ifp.StreamExtractImageFeaturesResponse(request_id=req.request_id, error=item_error(e))
-            if not good:
-                continue
-            try:
-                embeddings = await self.d.models.embed_images([image for _, image in good])
-            except Exception as e:
-                for rid, _ in good:
-                    yield ifp.StreamExtractImageFeaturesResponse(request_id=rid, error=item_error(e))
-                continue
-            for (rid, _), emb in zip(good, embeddings, strict=True):
-                yield ifp.StreamExtractImageFeaturesResponse(request_id=rid, feature=convert.feature(emb))
+            async for answer in answer_batch(
+                batch,
+                lambda req: inputs.check_image(req.image, self.d.limits),
+                self.d.models.embed_images,
+                lambda req, e: ifp.StreamExtractImageFeaturesResponse(
+                    request_id=req.request_id, feature=convert.feature(e)
+                ),
+                lambda req, error: ifp.StreamExtractImageFeaturesResponse(request_id=req.request_id, error=error),
+            ):
+                yield answer
 
 
 class TextFeatureServicer(text_feature_pb2_grpc.TextFeatureServiceServicer):
@@ -150,22 +142,16 @@ class TextFeatureServicer(text_feature_pb2_grpc.TextFeatureServiceServicer):
         self, request_iterator: AsyncIterator[txp.StreamExtractTextFeaturesRequest], context: Ctx
     ) -> AsyncIterator[txp.StreamExtractTextFeaturesResponse]:
         async for batch in batches(request_iterator, self.d.limits.max_batch_size):
-            good: list[tuple[str, str]] = []
-            for req in batch:
-                try:
-                    good.append((req.request_id, inputs.check_text(req.text, self.d.limits)))
-                except Acg2vecError as e:
-                    yield txp.StreamExtractTextFeaturesResponse(request_id=req.request_id, error=item_error(e))
-            if not good:
-                continue
-            try:
-                embeddings = await self.d.models.embed_texts([text for _, text in good])
-            except Exception as e:
-                for rid, _ in good:
-                    yield txp.StreamExtractTextFeaturesResponse(request_id=rid, error=item_error(e))
-                continue
-            for (rid, _), emb in zip(good, embeddings, strict=True):
-                yield txp.StreamExtractTextFeaturesResponse(request_id=rid, feature=convert.feature(emb))
+            async for answer in answer_batch(
+                batch,
+                lambda req: inputs.check_text(req.text, self.d.limits),
+                self.d.models.embed_texts,
+                lambda req, e: txp.StreamExtractTextFeaturesResponse(
+                    request_id=req.request_id, feature=convert.feature(e)
+                ),
+                lambda req, error: txp.StreamExtractTextFeaturesResponse(request_id=req.request_id, error=error),
+            ):
+                yield answer
 
 
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):

@@ -1,13 +1,22 @@
-"""Micro-batching of bidirectional streams: read ahead (bounded), process what has arrived as one batch."""
+"""Micro-batching of bidirectional streams: read ahead (bounded), process what has arrived as one batch,
+answer every item (errors per item, so the stream goes on)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
+from acg2vec.v1 import common_pb2
+from acg2vec_server.errors import Acg2vecError
+from acg2vec_server.servicers.status import item_error
+
 T = TypeVar("T")
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+V = TypeVar("V")
+R = TypeVar("R")
 _END = object()
 
 
@@ -43,3 +52,30 @@ async def batches(requests: AsyncIterator[T], max_batch: int, read_ahead: int = 
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def answer_batch(
+    batch: list[Req],
+    check: Callable[[Req], V],
+    run: Callable[[list[V]], Awaitable[list[R]]],
+    ok: Callable[[Req, R], Resp],
+    fail: Callable[[Req, common_pb2.ItemError], Resp],
+) -> AsyncIterator[Resp]:
+    """One answer per request: items that fail `check` get their error, the rest go through `run` as one
+    batch; if the batch fails as a whole (e.g. a backend is down), every item gets that error."""
+    good: list[tuple[Req, V]] = []
+    for request in batch:
+        try:
+            good.append((request, check(request)))
+        except Acg2vecError as e:
+            yield fail(request, item_error(e))
+    if not good:
+        return
+    try:
+        results = await run([value for _, value in good])
+    except Exception as e:
+        for request, _ in good:
+            yield fail(request, item_error(e))
+        return
+    for (request, _), result in zip(good, results, strict=True):
+        yield ok(request, result)
