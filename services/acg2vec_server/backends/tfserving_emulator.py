@@ -19,6 +19,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from acg2vec_models import repository
 from acg2vec_server.backends.inference import InferenceInputError, ModelNotInstalled
 from acg2vec_server.backends.inprocess import InProcessBackend, read_signature_defs
 
@@ -66,13 +67,15 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 async def start_emulator(root: Path, address: str = "127.0.0.1:0", threads: int = 2) -> tuple[grpc.aio.Server, int]:
-    """Starts the emulator on address; returns the server and its bound port."""
+    """Loads every model of the repository (as tensorflow_model_server does before it serves), then starts
+    the emulator on address; returns the server and its bound port."""
+    backend = InProcessBackend(root, threads=threads)
+    for name in repository.model_names(root):
+        await backend.describe(name)
     server = grpc.aio.server(
         options=[("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
     )
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        _PredictionService(InProcessBackend(root, threads=threads)), server
-    )
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_PredictionService(backend), server)
     port = server.add_insecure_port(address)
     await server.start()
     return server, port
