@@ -1,0 +1,1 @@
+"""Datasets fetched from package registries (Debian, npm) for training, evaluation and benchmarks."""
