@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-.venv/bin/acg2vec models build-defaults --if-missing
+.venv/bin/acg2vec models build-defaults
 LISTEN=${ACG2VEC_LISTEN:-127.0.0.1:50051}
 cat <<MSG
 

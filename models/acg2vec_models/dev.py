@@ -36,8 +36,11 @@ def _synthetic_images(n: int, size: int, seed: int) -> np.ndarray:
     return np.asarray(images, dtype=np.float32)
 
 
-def build_dev_models(root: Path, seed: int = 0, version: int = 1) -> BuiltModels:
-    """Writes tagger, illust2vec, deepix and acgvoc2vec (hashing stand-in) as <root>/<name>/<version>."""
+ALL_PARTS = ("tagger", "illust2vec", "deepix", "acgvoc2vec")
+
+
+def build_dev_models(root: Path, seed: int = 0, version: int = 1, parts: tuple[str, ...] = ALL_PARTS) -> BuiltModels:
+    """Writes tagger, illust2vec, deepix and acgvoc2vec, or `parts` of them, to <root>/<name>/<version>."""
     import keras
 
     from acg2vec_models.export import export_deepix, export_image_embedder, export_tagger, export_text_module
@@ -63,12 +66,10 @@ def build_dev_models(root: Path, seed: int = 0, version: int = 1) -> BuiltModels
     for layer in norms:
         layer.momentum = 0.99
     prep = ImagePreprocessing(size=DEV_INPUT_SIZE)
-    paths = {
-        "tagger": export_tagger(models.tagger, prep, tags, root / "tagger" / str(version)),
-        "illust2vec": export_image_embedder(models.illust2vec, prep, root / "illust2vec" / str(version)),
-        "deepix": export_deepix(models.deepix, prep, root / "deepix" / str(version)),
-        "acgvoc2vec": export_text_module(
-            HashingTextEncoder(dim=DEV_TEXT_DIM, seed=seed), root / "acgvoc2vec" / str(version)
-        ),
+    exporters = {
+        "tagger": lambda path: export_tagger(models.tagger, prep, tags, path),
+        "illust2vec": lambda path: export_image_embedder(models.illust2vec, prep, path),
+        "deepix": lambda path: export_deepix(models.deepix, prep, path),
+        "acgvoc2vec": lambda path: export_text_module(HashingTextEncoder(dim=DEV_TEXT_DIM, seed=seed), path),
     }
-    return BuiltModels(paths=paths)
+    return BuiltModels(paths={name: exporters[name](root / name / str(version)) for name in parts})

