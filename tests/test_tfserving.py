@@ -69,12 +69,13 @@ async def test_service_over_tfserving_and_inference_outage(tmp_path, model_repo,
         inference_backend="tfserving",
         tfserving_target=f"127.0.0.1:{port}",
         redis_key_prefix="tfs:v1",
-        inference_timeout_s=3,
+        inference_timeout_s=30,  # a busy CI machine can be slow on the first call; the outage below is refused fast
     )
     app = Application(settings)
     await app.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            await wait_for(channel, "acg2vec.v1.TaggingService", health_pb2.HealthCheckResponse.SERVING)
             tagging = tagging_pb2_grpc.TaggingServiceStub(channel)
             request = tagging_pb2.TagImageRequest(image=SAMPLE_PNG.read_bytes())
             remote = await tagging.TagImage(request)
@@ -82,7 +83,6 @@ async def test_service_over_tfserving_and_inference_outage(tmp_path, model_repo,
             assert [(t.name, round(t.score, 5)) for t in remote.result.tags] == [
                 (t.name, round(t.score, 5)) for t in local.result.tags
             ]
-            await wait_for(channel, "acg2vec.v1.TaggingService", health_pb2.HealthCheckResponse.SERVING)
 
             await emulator.stop(0)
             with pytest.raises(grpc.aio.AioRpcError) as info:
