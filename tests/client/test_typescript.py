@@ -126,3 +126,30 @@ async def test_typescript_client_against_live_server(app, ts_package):
     counts = dict(re.findall(r"^# (pass|fail|tests) (\d+)$", result.stdout, re.MULTILINE))
     assert counts.get("fail") == "0" and int(counts.get("pass", 0)) >= 7, output
     assert counts["pass"] == counts["tests"], output
+
+
+def readme_example(package: Path) -> str:
+    """The README's ```ts blocks as one module: imports first, the rest inside an async function."""
+    blocks = re.findall(r"^```ts\n(.*?)^```", (package / "README.md").read_text(), re.MULTILINE | re.DOTALL)
+    assert blocks, "clients/typescript/README.md has no ```ts example"
+    imports: list[str] = []
+    body: list[str] = []
+    for block in blocks:
+        for line in block.splitlines():
+            in_import = bool(imports) and not imports[-1].rstrip().endswith(";")
+            (imports if line.startswith("import ") or in_import else body).append(line)
+    header = "\n".join(imports).replace('"@acg2vec/client"', '"./dist/index"')
+    return f"{header}\ndeclare const paths: string[];\nexport async function main() {{\n" + "\n".join(body) + "\n}\n"
+
+
+def test_readme_examples_type_check(ts_package):
+    """The usage examples compile (strict) against the built package's declarations."""
+    example = ts_package / "readme-example.check.ts"
+    example.write_text(readme_example(ts_package))
+    try:
+        tsc = [str(ts_package / "node_modules" / ".bin" / "tsc"), "--noEmit", "--strict", "--skipLibCheck"]
+        tsc += ["--module", "node16", "--moduleResolution", "node16", "--target", "es2022", "--types", "node"]
+        result = subprocess.run([*tsc, example.name], cwd=ts_package, capture_output=True, text=True, timeout=120)
+    finally:
+        example.unlink()
+    assert result.returncode == 0, result.stdout + result.stderr
