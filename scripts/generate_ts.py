@@ -61,6 +61,7 @@ def descriptor_set(sources: list[str]) -> descriptor_pb2.FileDescriptorSet:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "set.binpb"
         args = ["protoc", f"-I{PROTOS}", f"-I{include}", f"-I{googleapis}", "--include_imports"]
+        args += ["--include_source_info"]  # keeps the proto comments: ts-proto turns them into TSDoc
         args += [f"--descriptor_set_out={path}", *sources]
         if protoc.main(args) != 0:
             raise SystemExit("protoc failed; see the messages above")
@@ -73,7 +74,8 @@ def descriptor_set(sources: list[str]) -> descriptor_pb2.FileDescriptorSet:
 
 
 def generate(out: Path) -> None:
-    """protoc with the ts-proto plugin over every acg2vec/v1 proto (google/protobuf imports come along)."""
+    """protoc with the ts-proto plugin over every acg2vec/v1 proto, grpc.health.v1 and the google.rpc error details
+    (google/protobuf imports come along), from one descriptor set."""
     if not PLUGIN.exists():
         raise SystemExit(f"{PLUGIN} is missing: run `npm ci --prefix {PACKAGE.relative_to(ROOT)}` first")
     sources = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "acg2vec" / "v1").glob("*.proto"))

@@ -7,6 +7,7 @@
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 
+/** Danbooru-style tag categories. */
 export enum TagCategory {
   TAG_CATEGORY_UNSPECIFIED = 0,
   TAG_CATEGORY_GENERAL = 1,
@@ -70,6 +71,7 @@ export function tagCategoryToJSON(object: TagCategory): string {
   }
 }
 
+/** Content rating of an illustration (Danbooru ratings; "safe" is the DeepDanbooru name of "general"). */
 export enum Rating {
   RATING_UNSPECIFIED = 0,
   RATING_GENERAL = 1,
@@ -121,26 +123,40 @@ export function ratingToJSON(object: Rating): string {
   }
 }
 
+/** Identifies the model (and its version in the model repository) that produced an answer. */
 export interface ModelInfo {
+  /** Model name in the model repository, e.g. "tagger". */
   name: string;
+  /** Version directory the answer came from. */
   version: number;
 }
 
+/** A dense feature vector. */
 export interface FeatureVector {
+  /** The vector components. */
   values: number[];
+  /** Number of components (len(values)). */
   dimension: number;
+  /** True when the vector has unit L2 norm (cosine similarity == dot product). */
   normalized: boolean;
+  /** Model that produced the vector. */
   model: ModelInfo | undefined;
 }
 
+/** One predicted tag. */
 export interface Tag {
+  /** Tag name as in the model vocabulary, e.g. "long_hair". */
   name: string;
+  /** Model confidence in [0, 1]. */
   score: number;
   category: TagCategory;
 }
 
+/** Error of one item in a streaming call; the stream goes on with the next item. */
 export interface ItemError {
+  /** Canonical gRPC status code (google.rpc.Code), e.g. 3 for INVALID_ARGUMENT. */
   code: number;
+  /** What went wrong and what to do about it. */
   message: string;
 }
 

@@ -35,6 +35,7 @@ export interface BatchExtractImageFeaturesRequest {
 }
 
 export interface BatchExtractImageFeaturesResponse {
+  /** One vector per image, in request order. */
   features: FeatureVector[];
 }
 
@@ -541,6 +542,7 @@ export const StreamExtractImageFeaturesResponse: MessageFns<StreamExtractImageFe
   },
 };
 
+/** Turns illustrations into illust2vec feature vectors. */
 export type ImageFeatureServiceService = typeof ImageFeatureServiceService;
 export const ImageFeatureServiceService = {
   extractImageFeature: {
@@ -554,6 +556,7 @@ export const ImageFeatureServiceService = {
       Buffer.from(ExtractImageFeatureResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ExtractImageFeatureResponse => ExtractImageFeatureResponse.decode(value),
   },
+  /** Up to max_batch_size images; fails as a whole on a bad item (see BadRequest details). */
   batchExtractImageFeatures: {
     path: "/acg2vec.v1.ImageFeatureService/BatchExtractImageFeatures" as const,
     requestStream: false as const,
@@ -567,6 +570,7 @@ export const ImageFeatureServiceService = {
     responseDeserialize: (value: Buffer): BatchExtractImageFeaturesResponse =>
       BatchExtractImageFeaturesResponse.decode(value),
   },
+  /** Bulk extraction; each answer carries the request_id it belongs to. */
   streamExtractImageFeatures: {
     path: "/acg2vec.v1.ImageFeatureService/StreamExtractImageFeatures" as const,
     requestStream: true as const,
@@ -584,7 +588,9 @@ export const ImageFeatureServiceService = {
 
 export interface ImageFeatureServiceServer extends UntypedServiceImplementation {
   extractImageFeature: handleUnaryCall<ExtractImageFeatureRequest, ExtractImageFeatureResponse>;
+  /** Up to max_batch_size images; fails as a whole on a bad item (see BadRequest details). */
   batchExtractImageFeatures: handleUnaryCall<BatchExtractImageFeaturesRequest, BatchExtractImageFeaturesResponse>;
+  /** Bulk extraction; each answer carries the request_id it belongs to. */
   streamExtractImageFeatures: handleBidiStreamingCall<
     StreamExtractImageFeaturesRequest,
     StreamExtractImageFeaturesResponse
@@ -607,6 +613,7 @@ export interface ImageFeatureServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ExtractImageFeatureResponse) => void,
   ): ClientUnaryCall;
+  /** Up to max_batch_size images; fails as a whole on a bad item (see BadRequest details). */
   batchExtractImageFeatures(
     request: BatchExtractImageFeaturesRequest,
     callback: (error: ServiceError | null, response: BatchExtractImageFeaturesResponse) => void,
@@ -622,6 +629,7 @@ export interface ImageFeatureServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: BatchExtractImageFeaturesResponse) => void,
   ): ClientUnaryCall;
+  /** Bulk extraction; each answer carries the request_id it belongs to. */
   streamExtractImageFeatures(): ClientDuplexStream<
     StreamExtractImageFeaturesRequest,
     StreamExtractImageFeaturesResponse

@@ -23,9 +23,12 @@ import {
 import { Timestamp } from "../../google/protobuf/timestamp";
 import { FeatureVector, ItemError, ModelInfo, Rating, ratingFromJSON, ratingToJSON, Tag } from "./common";
 
+/** Which embedding space a vector lives in. */
 export enum VectorSpace {
   VECTOR_SPACE_UNSPECIFIED = 0,
+  /** VECTOR_SPACE_IMAGE - illust2vec image vectors. */
   VECTOR_SPACE_IMAGE = 1,
+  /** VECTOR_SPACE_TEXT - acgvoc2vec text vectors (an illustration's is the vector of its tag text). */
   VECTOR_SPACE_TEXT = 2,
   UNRECOGNIZED = -1,
 }
@@ -62,10 +65,12 @@ export function vectorSpaceToJSON(object: VectorSpace): string {
   }
 }
 
+/** What an index call did. */
 export enum IndexOutcome {
   INDEX_OUTCOME_UNSPECIFIED = 0,
   INDEX_OUTCOME_CREATED = 1,
   INDEX_OUTCOME_UPDATED = 2,
+  /** INDEX_OUTCOME_UNCHANGED - Same image and metadata as stored: nothing was written. */
   INDEX_OUTCOME_UNCHANGED = 3,
   UNRECOGNIZED = -1,
 }
@@ -107,10 +112,12 @@ export function indexOutcomeToJSON(object: IndexOutcome): string {
   }
 }
 
+/** What the caller knows about an illustration. */
 export interface IllustrationMetadata {
   title: string;
   artist: string;
   sourceUrl: string;
+  /** Custom fields; keys match [A-Za-z_][A-Za-z0-9_]{0,63}. Filterable in Search. */
   fields: { [key: string]: string };
 }
 
@@ -119,27 +126,41 @@ export interface IllustrationMetadata_FieldsEntry {
   value: string;
 }
 
+/** A stored illustration. */
 export interface Illustration {
   id: string;
-  metadata: IllustrationMetadata | undefined;
+  metadata:
+    | IllustrationMetadata
+    | undefined;
+  /** Predicted tags at the server's default thresholds. */
   tags: Tag[];
   rating: Rating;
+  /** SHA-256 of the indexed image bytes, hex. */
   contentSha256: string;
   createTime: Date | undefined;
-  updateTime: Date | undefined;
+  updateTime:
+    | Date
+    | undefined;
+  /** Only when include_vectors was asked for. */
   imageVector: FeatureVector | undefined;
   textVector: FeatureVector | undefined;
 }
 
+/** A raw query vector and the space it belongs to. */
 export interface VectorQuery {
   values: number[];
   space: VectorSpace;
 }
 
+/** Restricts search results; all given conditions must hold. */
 export interface SearchFilter {
+  /** Any of these ratings (empty: any rating). */
   ratings: Rating[];
+  /** Every one of these tags. */
   requiredTags: string[];
+  /** None of these tags. */
   excludedTags: string[];
+  /** Custom field equality, e.g. {"source": "pixiv"}. */
   fields: { [key: string]: string };
 }
 
@@ -149,30 +170,51 @@ export interface SearchFilter_FieldsEntry {
 }
 
 export interface SearchRequest {
-  image?: Buffer | undefined;
-  illustrationId?: string | undefined;
-  vector?: VectorQuery | undefined;
-  text?: string | undefined;
+  /** Encoded image: searches the image space. */
+  image?:
+    | Buffer
+    | undefined;
+  /** A stored illustration: searches the image space with its vector (the illustration itself is left out). */
+  illustrationId?:
+    | string
+    | undefined;
+  /** A raw vector of the given space. */
+  vector?:
+    | VectorQuery
+    | undefined;
+  /** Text: searches the text space (illustrations' tag text). */
+  text?:
+    | string
+    | undefined;
+  /** Results per page, 1..max_top_k. */
   topK: number;
-  filter: SearchFilter | undefined;
+  filter:
+    | SearchFilter
+    | undefined;
+  /** next_page_token of the previous page, with the same query and filter. */
   pageToken: string;
+  /** Re-rank the ANN candidates by exact cosine similarity. */
   exactRerank: boolean;
 }
 
 export interface SearchHit {
   id: string;
+  /** Cosine similarity, higher is closer. */
   score: number;
   illustration: Illustration | undefined;
 }
 
 export interface SearchResponse {
   hits: SearchHit[];
+  /** Empty on the last page. */
   nextPageToken: string;
   space: VectorSpace;
+  /** Model that embedded the query (unset for raw vectors and stored ids). */
   model: ModelInfo | undefined;
 }
 
 export interface IndexIllustrationRequest {
+  /** 1..256 characters of [A-Za-z0-9_.:/@-], starting with a letter or digit. */
   id: string;
   image: Buffer;
   metadata: IllustrationMetadata | undefined;
@@ -218,6 +260,7 @@ export interface DeleteIllustrationRequest {
 }
 
 export interface DeleteIllustrationResponse {
+  /** False when there was nothing to delete. */
   existed: boolean;
 }
 
@@ -2341,8 +2384,10 @@ export const DeleteIllustrationResponse: MessageFns<DeleteIllustrationResponse> 
   },
 };
 
+/** Stores illustrations (metadata in Tendis, vectors in Milvus) and finds similar ones. */
 export type SearchServiceService = typeof SearchServiceService;
 export const SearchServiceService = {
+  /** Top-k similar illustrations to an image, a stored illustration, a raw vector or a text. */
   search: {
     path: "/acg2vec.v1.SearchService/Search" as const,
     requestStream: false as const,
@@ -2352,6 +2397,7 @@ export const SearchServiceService = {
     responseSerialize: (value: SearchResponse): Buffer => Buffer.from(SearchResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): SearchResponse => SearchResponse.decode(value),
   },
+  /** Tags and embeds an image and stores it under id; idempotent (same id, image and metadata: UNCHANGED). */
   indexIllustration: {
     path: "/acg2vec.v1.SearchService/IndexIllustration" as const,
     requestStream: false as const,
@@ -2363,6 +2409,7 @@ export const SearchServiceService = {
       Buffer.from(IndexIllustrationResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): IndexIllustrationResponse => IndexIllustrationResponse.decode(value),
   },
+  /** Bulk indexing: push any number of illustrations; one answer per item, in any order. */
   streamIndexIllustrations: {
     path: "/acg2vec.v1.SearchService/StreamIndexIllustrations" as const,
     requestStream: true as const,
@@ -2376,6 +2423,7 @@ export const SearchServiceService = {
     responseDeserialize: (value: Buffer): StreamIndexIllustrationsResponse =>
       StreamIndexIllustrationsResponse.decode(value),
   },
+  /** One stored illustration; NOT_FOUND for an unknown id. */
   getIllustration: {
     path: "/acg2vec.v1.SearchService/GetIllustration" as const,
     requestStream: false as const,
@@ -2387,6 +2435,7 @@ export const SearchServiceService = {
       Buffer.from(GetIllustrationResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetIllustrationResponse => GetIllustrationResponse.decode(value),
   },
+  /** Replaces the user metadata of a stored illustration without recomputing anything. */
   updateIllustrationMetadata: {
     path: "/acg2vec.v1.SearchService/UpdateIllustrationMetadata" as const,
     requestStream: false as const,
@@ -2400,6 +2449,7 @@ export const SearchServiceService = {
     responseDeserialize: (value: Buffer): UpdateIllustrationMetadataResponse =>
       UpdateIllustrationMetadataResponse.decode(value),
   },
+  /** Removes metadata and vectors; idempotent (deleting an unknown id is OK, with existed = false). */
   deleteIllustration: {
     path: "/acg2vec.v1.SearchService/DeleteIllustration" as const,
     requestStream: false as const,
@@ -2414,15 +2464,22 @@ export const SearchServiceService = {
 } as const;
 
 export interface SearchServiceServer extends UntypedServiceImplementation {
+  /** Top-k similar illustrations to an image, a stored illustration, a raw vector or a text. */
   search: handleUnaryCall<SearchRequest, SearchResponse>;
+  /** Tags and embeds an image and stores it under id; idempotent (same id, image and metadata: UNCHANGED). */
   indexIllustration: handleUnaryCall<IndexIllustrationRequest, IndexIllustrationResponse>;
+  /** Bulk indexing: push any number of illustrations; one answer per item, in any order. */
   streamIndexIllustrations: handleBidiStreamingCall<StreamIndexIllustrationsRequest, StreamIndexIllustrationsResponse>;
+  /** One stored illustration; NOT_FOUND for an unknown id. */
   getIllustration: handleUnaryCall<GetIllustrationRequest, GetIllustrationResponse>;
+  /** Replaces the user metadata of a stored illustration without recomputing anything. */
   updateIllustrationMetadata: handleUnaryCall<UpdateIllustrationMetadataRequest, UpdateIllustrationMetadataResponse>;
+  /** Removes metadata and vectors; idempotent (deleting an unknown id is OK, with existed = false). */
   deleteIllustration: handleUnaryCall<DeleteIllustrationRequest, DeleteIllustrationResponse>;
 }
 
 export interface SearchServiceClient extends Client {
+  /** Top-k similar illustrations to an image, a stored illustration, a raw vector or a text. */
   search(
     request: SearchRequest,
     callback: (error: ServiceError | null, response: SearchResponse) => void,
@@ -2438,6 +2495,7 @@ export interface SearchServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: SearchResponse) => void,
   ): ClientUnaryCall;
+  /** Tags and embeds an image and stores it under id; idempotent (same id, image and metadata: UNCHANGED). */
   indexIllustration(
     request: IndexIllustrationRequest,
     callback: (error: ServiceError | null, response: IndexIllustrationResponse) => void,
@@ -2453,6 +2511,7 @@ export interface SearchServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: IndexIllustrationResponse) => void,
   ): ClientUnaryCall;
+  /** Bulk indexing: push any number of illustrations; one answer per item, in any order. */
   streamIndexIllustrations(): ClientDuplexStream<StreamIndexIllustrationsRequest, StreamIndexIllustrationsResponse>;
   streamIndexIllustrations(
     options: Partial<CallOptions>,
@@ -2461,6 +2520,7 @@ export interface SearchServiceClient extends Client {
     metadata: Metadata,
     options?: Partial<CallOptions>,
   ): ClientDuplexStream<StreamIndexIllustrationsRequest, StreamIndexIllustrationsResponse>;
+  /** One stored illustration; NOT_FOUND for an unknown id. */
   getIllustration(
     request: GetIllustrationRequest,
     callback: (error: ServiceError | null, response: GetIllustrationResponse) => void,
@@ -2476,6 +2536,7 @@ export interface SearchServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetIllustrationResponse) => void,
   ): ClientUnaryCall;
+  /** Replaces the user metadata of a stored illustration without recomputing anything. */
   updateIllustrationMetadata(
     request: UpdateIllustrationMetadataRequest,
     callback: (error: ServiceError | null, response: UpdateIllustrationMetadataResponse) => void,
@@ -2491,6 +2552,7 @@ export interface SearchServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: UpdateIllustrationMetadataResponse) => void,
   ): ClientUnaryCall;
+  /** Removes metadata and vectors; idempotent (deleting an unknown id is OK, with existed = false). */
   deleteIllustration(
     request: DeleteIllustrationRequest,
     callback: (error: ServiceError | null, response: DeleteIllustrationResponse) => void,

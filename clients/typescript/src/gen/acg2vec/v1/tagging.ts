@@ -22,6 +22,7 @@ import {
 } from "@grpc/grpc-js";
 import { ItemError, ModelInfo, Rating, ratingFromJSON, ratingToJSON, Tag } from "./common";
 
+/** Score thresholds per category; unset means the server default (0.5 unless configured). */
 export interface CategoryThresholds {
   general?: number | undefined;
   character?: number | undefined;
@@ -31,33 +32,44 @@ export interface CategoryThresholds {
   rating?: number | undefined;
 }
 
+/** How to turn scores into tags. */
 export interface TagOptions {
-  thresholds: CategoryThresholds | undefined;
+  thresholds:
+    | CategoryThresholds
+    | undefined;
+  /** At most this many tags (best first); 0 means the server default. */
   topK: number;
+  /** Also return deepix predictions; FAILED_PRECONDITION when no deepix model is installed. */
   includePopularity: boolean;
 }
 
 export interface TagImageRequest {
+  /** Encoded image (JPEG, PNG, GIF, BMP, WebP, ...). */
   image: Buffer;
   options: TagOptions | undefined;
 }
 
+/** Probability of each rating. */
 export interface RatingScore {
   rating: Rating;
   score: number;
 }
 
+/** One bin of a predicted distribution: [lower, upper) with its probability. upper is +inf for the last bin. */
 export interface DistributionBin {
   lower: number;
   upper: number;
   probability: number;
 }
 
+/** A predicted distribution over bins. */
 export interface Distribution {
   bins: DistributionBin[];
+  /** Index of the most probable bin. */
   mostLikelyBin: number;
 }
 
+/** deepix predictions for one illustration. */
 export interface Popularity {
   bookmarks: Distribution | undefined;
   views: Distribution | undefined;
@@ -65,10 +77,14 @@ export interface Popularity {
   model: ModelInfo | undefined;
 }
 
+/** Tags of one image. */
 export interface ImageTags {
+  /** Tags above their category threshold, best first, at most top_k. */
   tags: Tag[];
+  /** The most likely rating. */
   rating: Rating;
   ratingScores: RatingScore[];
+  /** Set when include_popularity was requested. */
   popularity: Popularity | undefined;
   model: ModelInfo | undefined;
 }
@@ -83,10 +99,12 @@ export interface BatchTagImagesRequest {
 }
 
 export interface BatchTagImagesResponse {
+  /** One result per image, in request order. */
   results: ImageTags[];
 }
 
 export interface StreamTagImagesRequest {
+  /** Echoed in the answer so that the client can match answers to requests. */
   requestId: string;
   image: Buffer;
   options: TagOptions | undefined;
@@ -1584,8 +1602,10 @@ export const PredictPopularityResponse: MessageFns<PredictPopularityResponse> = 
   },
 };
 
+/** Predicts Danbooru-style tags, a rating and (with a deepix model) popularity for illustrations. */
 export type TaggingServiceService = typeof TaggingServiceService;
 export const TaggingServiceService = {
+  /** Tags one image. */
   tagImage: {
     path: "/acg2vec.v1.TaggingService/TagImage" as const,
     requestStream: false as const,
@@ -1595,6 +1615,7 @@ export const TaggingServiceService = {
     responseSerialize: (value: TagImageResponse): Buffer => Buffer.from(TagImageResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): TagImageResponse => TagImageResponse.decode(value),
   },
+  /** Tags up to max_batch_size images in one call; fails as a whole on a bad item (see BadRequest details). */
   batchTagImages: {
     path: "/acg2vec.v1.TaggingService/BatchTagImages" as const,
     requestStream: false as const,
@@ -1606,6 +1627,7 @@ export const TaggingServiceService = {
       Buffer.from(BatchTagImagesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): BatchTagImagesResponse => BatchTagImagesResponse.decode(value),
   },
+  /** Bulk tagging: push any number of images; each answer carries the request_id it belongs to. */
   streamTagImages: {
     path: "/acg2vec.v1.TaggingService/StreamTagImages" as const,
     requestStream: true as const,
@@ -1617,6 +1639,7 @@ export const TaggingServiceService = {
       Buffer.from(StreamTagImagesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): StreamTagImagesResponse => StreamTagImagesResponse.decode(value),
   },
+  /** deepix popularity predictions; FAILED_PRECONDITION when no deepix model is installed. */
   predictPopularity: {
     path: "/acg2vec.v1.TaggingService/PredictPopularity" as const,
     requestStream: false as const,
@@ -1631,13 +1654,18 @@ export const TaggingServiceService = {
 } as const;
 
 export interface TaggingServiceServer extends UntypedServiceImplementation {
+  /** Tags one image. */
   tagImage: handleUnaryCall<TagImageRequest, TagImageResponse>;
+  /** Tags up to max_batch_size images in one call; fails as a whole on a bad item (see BadRequest details). */
   batchTagImages: handleUnaryCall<BatchTagImagesRequest, BatchTagImagesResponse>;
+  /** Bulk tagging: push any number of images; each answer carries the request_id it belongs to. */
   streamTagImages: handleBidiStreamingCall<StreamTagImagesRequest, StreamTagImagesResponse>;
+  /** deepix popularity predictions; FAILED_PRECONDITION when no deepix model is installed. */
   predictPopularity: handleUnaryCall<PredictPopularityRequest, PredictPopularityResponse>;
 }
 
 export interface TaggingServiceClient extends Client {
+  /** Tags one image. */
   tagImage(
     request: TagImageRequest,
     callback: (error: ServiceError | null, response: TagImageResponse) => void,
@@ -1653,6 +1681,7 @@ export interface TaggingServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: TagImageResponse) => void,
   ): ClientUnaryCall;
+  /** Tags up to max_batch_size images in one call; fails as a whole on a bad item (see BadRequest details). */
   batchTagImages(
     request: BatchTagImagesRequest,
     callback: (error: ServiceError | null, response: BatchTagImagesResponse) => void,
@@ -1668,12 +1697,14 @@ export interface TaggingServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: BatchTagImagesResponse) => void,
   ): ClientUnaryCall;
+  /** Bulk tagging: push any number of images; each answer carries the request_id it belongs to. */
   streamTagImages(): ClientDuplexStream<StreamTagImagesRequest, StreamTagImagesResponse>;
   streamTagImages(options: Partial<CallOptions>): ClientDuplexStream<StreamTagImagesRequest, StreamTagImagesResponse>;
   streamTagImages(
     metadata: Metadata,
     options?: Partial<CallOptions>,
   ): ClientDuplexStream<StreamTagImagesRequest, StreamTagImagesResponse>;
+  /** deepix popularity predictions; FAILED_PRECONDITION when no deepix model is installed. */
   predictPopularity(
     request: PredictPopularityRequest,
     callback: (error: ServiceError | null, response: PredictPopularityResponse) => void,

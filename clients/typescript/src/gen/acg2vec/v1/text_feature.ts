@@ -23,6 +23,7 @@ import {
 import { FeatureVector, ItemError } from "./common";
 
 export interface ExtractTextFeatureRequest {
+  /** Non-empty UTF-8 text, at most max_text_chars characters. */
   text: string;
 }
 
@@ -535,6 +536,7 @@ export const StreamExtractTextFeaturesResponse: MessageFns<StreamExtractTextFeat
   },
 };
 
+/** Turns ACG sentences (Chinese, Japanese, English) into acgvoc2vec vectors. */
 export type TextFeatureServiceService = typeof TextFeatureServiceService;
 export const TextFeatureServiceService = {
   extractTextFeature: {
@@ -548,6 +550,7 @@ export const TextFeatureServiceService = {
       Buffer.from(ExtractTextFeatureResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ExtractTextFeatureResponse => ExtractTextFeatureResponse.decode(value),
   },
+  /** Up to max_batch_size texts; fails as a whole on a bad item (see BadRequest details). */
   batchExtractTextFeatures: {
     path: "/acg2vec.v1.TextFeatureService/BatchExtractTextFeatures" as const,
     requestStream: false as const,
@@ -561,6 +564,7 @@ export const TextFeatureServiceService = {
     responseDeserialize: (value: Buffer): BatchExtractTextFeaturesResponse =>
       BatchExtractTextFeaturesResponse.decode(value),
   },
+  /** Bulk extraction; each answer carries the request_id it belongs to. */
   streamExtractTextFeatures: {
     path: "/acg2vec.v1.TextFeatureService/StreamExtractTextFeatures" as const,
     requestStream: true as const,
@@ -578,7 +582,9 @@ export const TextFeatureServiceService = {
 
 export interface TextFeatureServiceServer extends UntypedServiceImplementation {
   extractTextFeature: handleUnaryCall<ExtractTextFeatureRequest, ExtractTextFeatureResponse>;
+  /** Up to max_batch_size texts; fails as a whole on a bad item (see BadRequest details). */
   batchExtractTextFeatures: handleUnaryCall<BatchExtractTextFeaturesRequest, BatchExtractTextFeaturesResponse>;
+  /** Bulk extraction; each answer carries the request_id it belongs to. */
   streamExtractTextFeatures: handleBidiStreamingCall<
     StreamExtractTextFeaturesRequest,
     StreamExtractTextFeaturesResponse
@@ -601,6 +607,7 @@ export interface TextFeatureServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ExtractTextFeatureResponse) => void,
   ): ClientUnaryCall;
+  /** Up to max_batch_size texts; fails as a whole on a bad item (see BadRequest details). */
   batchExtractTextFeatures(
     request: BatchExtractTextFeaturesRequest,
     callback: (error: ServiceError | null, response: BatchExtractTextFeaturesResponse) => void,
@@ -616,6 +623,7 @@ export interface TextFeatureServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: BatchExtractTextFeaturesResponse) => void,
   ): ClientUnaryCall;
+  /** Bulk extraction; each answer carries the request_id it belongs to. */
   streamExtractTextFeatures(): ClientDuplexStream<StreamExtractTextFeaturesRequest, StreamExtractTextFeaturesResponse>;
   streamExtractTextFeatures(
     options: Partial<CallOptions>,
