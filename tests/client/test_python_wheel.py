@@ -1,0 +1,166 @@
+"""The acg2vec-client wheel, installed in a clean venv (no project packages, dependencies pinned by
+constraints.txt, from the registry), calls a live server: what a user of `pip install acg2vec-client` gets.
+
+Building the wheel and the venv happens on every run (about 10 s); only the downloaded dependency wheels are
+cached (.cache/client-wheelhouse-<hash of constraints.txt and the client's pyproject.toml>).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT, SAMPLE_PNG
+
+CLIENT = ROOT / "clients" / "python"
+CONSTRAINTS = ROOT / "constraints.txt"
+
+SMOKE = r'''
+"""Runs inside the clean venv: only the wheel and its dependencies are importable."""
+import importlib.util
+import json
+import os
+import sys
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2
+from grpc_status import rpc_status
+
+import acg2vec
+from acg2vec.client import Acg2vecClient
+from acg2vec.v1 import common_pb2, search_pb2
+
+target, sample = sys.argv[1], sys.argv[2]
+
+
+def serving(client, name, wait_s=30.0):
+    """Health status, waiting out a NOT_SERVING blip (a slow backend probe on a busy machine) as a caller would."""
+    deadline = time.monotonic() + wait_s
+    while (status := client.health_check(name).status) != health_pb2.HealthCheckResponse.SERVING:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+
+
+out = {
+    "acg2vec_file": acg2vec.__file__,
+    "version": acg2vec.__version__,
+    "project_modules": [m for m in ("acg2vec_server", "acg2vec_models", "tensorflow", "tests")
+                        if importlib.util.find_spec(m) is not None],
+}
+image = open(sample, "rb").read()
+with Acg2vecClient(target, token=os.environ.get("ACG2VEC_TOKEN") or "unused-when-auth-is-off", timeout_s=30) as c:
+    out["health"] = {name or "server": serving(c, name)
+                     for name in ("", "acg2vec.v1.TaggingService", "acg2vec.v1.SearchService")}
+    tagged = c.tag_image(image, top_k=4, thresholds={"general": 0.0}).result
+    out["tags"] = [[t.name, t.score] for t in tagged.tags]
+    out["rating"] = common_pb2.Rating.Name(tagged.rating)
+    feature = c.extract_text_feature("魔法少女まどか☆マギカ").feature
+    out["text_feature"] = {"dimension": feature.dimension, "len": len(feature.values),
+                           "norm": sum(v * v for v in feature.values) ** 0.5, "model": feature.model.name}
+    indexed = c.index_illustration("wheel:sample", image, title="sample", fields={"source": "wheel"})
+    out["indexed"] = search_pb2.IndexOutcome.Name(indexed.outcome)
+    page = c.search(text="sample", top_k=3, fields={"source": "wheel"})
+    out["search_text"] = [h.id for h in page.hits]
+    page = c.search(image=image, top_k=3, fields={"source": "wheel"})
+    out["search_image"] = [[h.id, h.score] for h in page.hits]
+    out["deleted"] = c.delete_illustration("wheel:sample").existed
+    try:
+        c.extract_text_feature("")
+    except grpc.RpcError as e:
+        status = rpc_status.from_call(e)
+        out["empty_text"] = {"code": e.code().name, "details": e.details(), "rich": status is not None}
+print(json.dumps(out))
+'''
+
+
+def run(*argv: str | Path, **kwargs) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=300, **kwargs)
+    assert result.returncode == 0, f"{argv} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def build_wheel(out: Path) -> Path:
+    """From a copy of clients/python, so that stale build/ leftovers in the checkout cannot leak into it."""
+    source = out / "src"
+    shutil.copytree(CLIENT, source, ignore=shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__"))
+    run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", source, "-w", out / "dist")
+    (wheel,) = (out / "dist").glob("acg2vec_client-*.whl")
+    return wheel
+
+
+def wheelhouse(wheel: Path) -> Path:
+    """The wheel's dependencies at the constraints' versions, downloaded once per constraints/pyproject state."""
+    key = hashlib.sha256(CONSTRAINTS.read_bytes() + (CLIENT / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    house = ROOT / ".cache" / f"client-wheelhouse-{key}"
+    if not (house / ".complete").exists():
+        shutil.rmtree(house, ignore_errors=True)
+        pip = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-c", CONSTRAINTS]
+        run(*pip, "-d", house, wheel)
+        for own in house.glob("acg2vec_client-*"):
+            own.unlink()  # only the dependencies are cached; the wheel under test is built fresh
+        (house / ".complete").write_text("ok")
+    return house
+
+
+@pytest.fixture(scope="module")
+def clean_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("wheel")
+    wheel = build_wheel(work)
+    version = tomllib.loads((CLIENT / "pyproject.toml").read_text())["project"]["version"]
+    assert wheel.name == f"acg2vec_client-{version}-py3-none-any.whl"
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "acg2vec/v1/tagging_pb2.pyi" in names and "acg2vec/py.typed" in names and "acg2vec/client/_sync.py" in names
+    house = wheelhouse(wheel)
+    venv = work / "venv"
+    run(sys.executable, "-m", "venv", "--without-pip", venv)
+    python = venv / "bin" / "python"
+    # this venv's pip installs into the clean one (--python): the clean venv needs no pip of its own
+    install = [sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-index", "--find-links", house]
+    run(*install, "-c", CONSTRAINTS, wheel)
+    return python
+
+
+async def test_wheel_in_a_clean_venv_calls_a_live_server(app, clean_python, tmp_path):
+    script = tmp_path / "smoke.py"
+    script.write_text(SMOKE)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PYTHONNOUSERSITE"] = "1"
+    argv = [str(clean_python), "-I", str(script), f"127.0.0.1:{app.port}", str(SAMPLE_PNG)]
+    # in a thread: the server under test runs on this event loop
+    result = await asyncio.to_thread(
+        subprocess.run, argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = json.loads(result.stdout)
+
+    assert Path(out["acg2vec_file"]).is_relative_to(clean_python.parent.parent), out["acg2vec_file"]
+    assert out["project_modules"] == [], "the clean venv must hold only the client and its dependencies"
+    assert out["version"] == tomllib.loads((CLIENT / "pyproject.toml").read_text())["project"]["version"]
+    assert out["health"] == dict.fromkeys(
+        ["server", "acg2vec.v1.TaggingService", "acg2vec.v1.SearchService"], "SERVING"
+    )
+    assert len(out["tags"]) == 4
+    scores = [score for _, score in out["tags"]]
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    assert out["rating"].startswith("RATING_") and out["rating"] != "RATING_UNSPECIFIED"
+    feature = out["text_feature"]
+    assert feature["dimension"] == feature["len"] > 0 and abs(feature["norm"] - 1) < 1e-3
+    assert out["indexed"] in ("INDEX_OUTCOME_CREATED", "INDEX_OUTCOME_UPDATED", "INDEX_OUTCOME_UNCHANGED")
+    assert out["search_text"] == ["wheel:sample"], "the field filter leaves only the indexed one"
+    assert out["search_image"][0][0] == "wheel:sample" and out["search_image"][0][1] > 0.99
+    assert out["deleted"] is True
+    assert out["empty_text"]["code"] == "INVALID_ARGUMENT" and "text is empty" in out["empty_text"]["details"]
+    assert out["empty_text"]["rich"], "the google.rpc.Status details reach a client installed from the wheel"
