@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -144,6 +145,8 @@ def test_security_settings_that_refuse_to_start(tmp_path, pki):
     refused("no tokens are configured.*acg2vec auth make-token.*ACG2VEC_AUTH_TOKENS_FILE")  # the default
     refused("allowed on loopback only", auth="none", listen="0.0.0.0:50051")
     refused("cannot read the tokens file", auth_tokens_file=tmp_path / "missing")
+    (tmp_path / "empty").write_text("# nothing yet\n")
+    refused("the tokens file .*empty has no entries", auth_tokens_file=tmp_path / "empty")
     refused("set tls_key_file", auth="none", tls_cert_file=pki.server_cert)
     refused("needs TLS", auth="none", tls_client_ca_file=pki.ca)
     refused(
@@ -439,3 +442,34 @@ def test_readme_local_mode_is_explicit():
     script = (ROOT / "scripts" / "run.sh").read_text()
     assert "AUTH=${ACG2VEC_AUTH:-none}" in script and '--auth "$AUTH"' in script
     assert "LISTEN=${ACG2VEC_LISTEN:-127.0.0.1:50051}" in script
+
+
+async def test_cli_connection_flags_reach_a_secured_server(secure_server: SecureServer, tmp_path):
+    """The flags `acg2vec index` (and any command that calls a server) takes: --target, --tls-ca-file,
+    --tls-cert-file/--tls-key-file, --token-file."""
+    from click.testing import CliRunner
+
+    from acg2vec.client import Acg2vecClient
+    from acg2vec_server.cli_connection import client_kwargs, connection_options
+
+    @click.command()
+    @connection_options
+    def delete(**connection: object) -> None:
+        with Acg2vecClient(**client_kwargs(**connection)) as client:
+            click.echo(f"existed={client.delete_illustration('cli-none').existed}")
+
+    pki, t = secure_server.pki, secure_server.tokens
+    for name in ("writer", "reader"):
+        (tmp_path / name).write_text(t[name] + "\n")
+    flags = ["--target", secure_server.target, "--tls-ca-file", str(pki.ca)]
+    flags += ["--tls-cert-file", str(pki.client_cert), "--tls-key-file", str(pki.client_key)]
+
+    def run(*args: str):
+        return asyncio.to_thread(CliRunner().invoke, delete, [*flags, *args])
+
+    result = await run("--token-file", str(tmp_path / "writer"))
+    assert result.exit_code == 0 and result.output.strip() == "existed=False", result.output
+    result = await run("--token-file", str(tmp_path / "reader"))
+    assert isinstance(result.exception, grpc.RpcError) and result.exception.code() == PERMISSION_DENIED
+    result = await asyncio.to_thread(CliRunner().invoke, delete, ["--tls-cert-file", str(pki.client_cert)])
+    assert result.exit_code == 2 and "needs both" in result.output

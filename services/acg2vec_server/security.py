@@ -70,8 +70,10 @@ class Security:
         except AuthConfigError as e:
             raise SecurityConfigError(str(e)) from None
         if not store.entries:
+            where = f"the tokens file {s.auth_tokens_file} has no entries" if s.auth_tokens_file else ""
             raise SecurityConfigError(
-                "auth is on (the default) but no tokens are configured: make one with `acg2vec auth make-token NAME "
+                f"auth is on (the default) but no tokens are configured{where and ' (' + where + ')'}: "
+                "make one with `acg2vec auth make-token NAME "
                 "--scopes read,write`, put its line into a tokens file and set ACG2VEC_AUTH_TOKENS_FILE (or "
                 "--auth-tokens-file); for local use only, ACG2VEC_AUTH=none on 127.0.0.1. See docs/security.md"
             )
