@@ -401,6 +401,9 @@ async def test_grpcurl_with_ca_and_token(secure_server: SecureServer):
     ]
     run = await asyncio.to_thread(subprocess.run, denied, capture_output=True, text=True, timeout=60)
     assert run.returncode == 64 + 16 and "Unauthenticated" in run.stderr, (run.returncode, run.stderr)
+    probe = [GRPCURL, "-plaintext", secure_server.health_target, "grpc.health.v1.Health/Check"]
+    run = await asyncio.to_thread(subprocess.run, probe, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and '"SERVING"' in run.stdout, run.stderr
 
 
 # --------------------------------------------------------------------------------------------- Python client

@@ -109,6 +109,8 @@ class Application:
         if s.health_listen:
             self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.health_server)
+            health_names = (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+            reflection.enable_server_reflection(health_names, self.health_server)  # grpcurl needs it
             self.health_port = self._bind(self.health_server, s.health_listen, None, "ACG2VEC_HEALTH_LISTEN")
 
         self.monitor = HealthMonitor(health_servicer, self.domain, inference, meta, vectors, s.health_probe_interval_s)
