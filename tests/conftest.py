@@ -146,6 +146,7 @@ async def secure_server(
         tls_cert_file=pki.server_cert, tls_key_file=pki.server_key, tls_client_ca_file=pki.ca,
         health_listen="127.0.0.1:0",
         access_log=True, redis_key_prefix="acg2vec-secure:v1", milvus_collection="acg2vec_secure",
+        health_probe_interval_s=5,  # lives for the rest of the session: probe rarely, no outages tested here
     )  # fmt: skip
     application = Application(settings)
     await application.start()
