@@ -2,7 +2,9 @@
 # acg2vec server image.
 #   docker build -t acg2vec:0.1.0 .                      # models mounted at /models at run time
 #   docker build -t acg2vec:0.1.0 --build-arg BAKE_MODELS=1 .   # default models baked into /models
-#   docker run -p 50051:50051 -p 9090:9090 -v "$PWD/var/models:/models:ro" acg2vec:0.1.0
+#   docker run -p 50051:50051 -p 9090:9090 -v "$PWD/var/models:/models:ro" -v "$PWD/secrets:/etc/acg2vec:ro" \
+#     -e ACG2VEC_AUTH_TOKENS_FILE=/etc/acg2vec/tokens -e ACG2VEC_TLS_CERT_FILE=/etc/acg2vec/tls.crt \
+#     -e ACG2VEC_TLS_KEY_FILE=/etc/acg2vec/tls.key acg2vec:0.1.0        # token auth is on by default (docs/security.md)
 # The same image runs `acg2vec serve` (default), `acg2vec index ...` and `acg2vec models build-defaults ...`.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -53,12 +55,15 @@ ENV PATH=/opt/venv/bin:$PATH \
     ACG2VEC_LISTEN=0.0.0.0:50051 \
     ACG2VEC_METRICS_PORT=9090 \
     ACG2VEC_DATA_DIR=/var/lib/acg2vec \
-    ACG2VEC_MODEL_REPOSITORY=/models
+    ACG2VEC_MODEL_REPOSITORY=/models \
+    ACG2VEC_HEALTH_LISTEN=127.0.0.1:50052
 WORKDIR /var/lib/acg2vec
 USER 10001:10001
 EXPOSE 50051 9090
-# grpcurl is not in the image: ask grpc.health.v1 (overall service "") with the grpc_health stubs.
+# grpcurl is not in the image: ask grpc.health.v1 (overall service "") with the grpc_health stubs, on the plaintext
+# health-only port (ACG2VEC_HEALTH_LISTEN, loopback in the image: it works with TLS and mutual TLS on the gRPC
+# port and exposes nothing); without one, on the gRPC port (plaintext only).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
-  CMD ["python", "-c", "import os, sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; port = os.environ.get('ACG2VEC_LISTEN', '0.0.0.0:50051').rsplit(':', 1)[1]; r = g.HealthStub(grpc.insecure_channel('127.0.0.1:' + port)).Check(h.HealthCheckRequest(service=''), timeout=4); sys.exit(0 if r.status == h.HealthCheckResponse.SERVING else 1)"]
+  CMD ["python", "-c", "import os, sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; port = (os.environ.get('ACG2VEC_HEALTH_LISTEN') or os.environ.get('ACG2VEC_LISTEN', '0.0.0.0:50051')).rsplit(':', 1)[1]; r = g.HealthStub(grpc.insecure_channel('127.0.0.1:' + port)).Check(h.HealthCheckRequest(service=''), timeout=4); sys.exit(0 if r.status == h.HealthCheckResponse.SERVING else 1)"]
 ENTRYPOINT ["acg2vec"]
 CMD ["serve"]

@@ -1,5 +1,6 @@
 """Fixtures: real Redis-protocol server (Tendis commands disabled), real Milvus Lite, real SavedModels,
-a real gRPC server on a local port, called through the generated stubs."""
+a real gRPC server on a local port, called through the generated stubs; and a secured one (TLS with a CA made in
+the test, token auth with scopes, a plaintext health-only port)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -15,9 +17,11 @@ import pytest_asyncio
 
 from acg2vec.v1 import image_feature_pb2_grpc, search_pb2_grpc, tagging_pb2_grpc, text_feature_pb2_grpc
 from acg2vec_server.app import Application
+from acg2vec_server.auth import hash_token, make_token
 from acg2vec_server.backends.embedded_redis import EmbeddedRedis
 from acg2vec_server.settings import Settings
 from tests.helpers import dev_model_repository
+from tests.pki import Pki
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -51,8 +55,9 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
 
 
 def make_settings(data_dir: Path, model_repo: Path, redis_url: str, **overrides: object) -> Settings:
-    return Settings(
+    defaults: dict[str, object] = dict(
         listen="127.0.0.1:0",
+        auth="none",  # local mode, explicitly (loopback only); the secured fixtures below turn tokens on
         metrics_port=0,
         data_dir=data_dir,
         model_repository=model_repo,
@@ -66,8 +71,8 @@ def make_settings(data_dir: Path, model_repo: Path, redis_url: str, **overrides:
         max_batch_size=8,
         max_top_k=100,
         max_text_chars=500,
-        **overrides,
     )
+    return Settings(**(defaults | overrides))
 
 
 class Stubs:
@@ -96,3 +101,54 @@ async def stubs(app: Application) -> AsyncIterator[Stubs]:
         options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)],
     ) as channel:
         yield Stubs(channel)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki.create(tmp_path_factory.mktemp("pki"))
+
+
+@dataclass(frozen=True)
+class SecureServer:
+    app: Application
+    pki: Pki
+    tokens: dict[str, str]  # token name -> the token a client sends
+    tokens_file: Path
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.app.port}"
+
+    @property
+    def health_target(self) -> str:
+        return f"127.0.0.1:{self.app.health_port}"
+
+
+@pytest_asyncio.fixture(scope="session")
+async def secure_server(
+    tmp_path_factory: pytest.TempPathFactory, model_repo: Path, redis_server: EmbeddedRedis, pki: Pki
+) -> AsyncIterator[SecureServer]:
+    """Mutual TLS on the gRPC port (clients present pki.client_cert), token auth (reader: read, writer: write,
+    admin: read,write as a plain token, ops: read from the env-style setting), access log on, and a plaintext
+    health-only port."""
+    data = tmp_path_factory.mktemp("secure-data")
+    tokens = {name: make_token() for name in ("reader", "writer", "admin", "ops")}
+    tokens_file = data / "tokens"
+    tokens_file.write_text(
+        "# name scopes token (sha256:<hex> or plain)\n"
+        f"reader read {hash_token(tokens['reader'])}\n"
+        f"writer write {hash_token(tokens['writer'])}\n"
+        f"admin read,write {tokens['admin']}\n"
+    )
+    settings = make_settings(
+        data, model_repo, redis_server.url,
+        auth="token", auth_tokens_file=tokens_file, auth_tokens=f"ops read {hash_token(tokens['ops'])}",
+        tls_cert_file=pki.server_cert, tls_key_file=pki.server_key, tls_client_ca_file=pki.ca,
+        health_listen="127.0.0.1:0",
+        access_log=True, redis_key_prefix="acg2vec-secure:v1", milvus_collection="acg2vec_secure",
+        health_probe_interval_s=5,  # lives for the rest of the session: probe rarely, no outages tested here
+    )  # fmt: skip
+    application = Application(settings)
+    await application.start()
+    yield SecureServer(application, pki, tokens, tokens_file)
+    await application.stop(grace_s=0)

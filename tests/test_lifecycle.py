@@ -26,7 +26,7 @@ async def start_server(data_dir: Path, model_repo: Path, redis_url: str, **env: 
     environment = {
         **os.environ, "ACG2VEC_DATA_DIR": str(data_dir), "ACG2VEC_MODEL_REPOSITORY": str(model_repo),
         "ACG2VEC_REDIS_URL": redis_url, "ACG2VEC_METRICS_PORT": "0", "ACG2VEC_MILVUS_INDEX_TYPE": "FLAT",
-        "ACG2VEC_GRACE_PERIOD_S": "20", "ACG2VEC_ACCESS_LOG": "false", **env,
+        "ACG2VEC_GRACE_PERIOD_S": "20", "ACG2VEC_ACCESS_LOG": "false", "ACG2VEC_AUTH": "none", **env,
     }  # fmt: skip
     process = subprocess.Popen(
         [ACG2VEC, "serve", "--listen", f"127.0.0.1:{port}"], env=environment,

@@ -28,6 +28,7 @@ from acg2vec_server.backends.vectors import MilvusVectorStore
 from acg2vec_server.domain.service import Domain
 from acg2vec_server.health import LIVENESS, HealthMonitor
 from acg2vec_server.interceptors import ObservabilityInterceptor
+from acg2vec_server.security import Security
 from acg2vec_server.servicers.services import (
     ImageFeatureServicer,
     SearchServicer,
@@ -63,6 +64,8 @@ class Application:
     settings: Settings
     server: grpc.aio.Server | None = None
     port: int = 0
+    health_server: grpc.aio.Server | None = None  # plaintext, health only (settings.health_listen)
+    health_port: int = 0
     domain: Domain | None = None
     monitor: HealthMonitor | None = None
     embedded_redis: EmbeddedRedis | None = None
@@ -70,6 +73,8 @@ class Application:
 
     async def start(self) -> int:
         s = self.settings
+        security = Security.from_settings(s)  # first: a bad security configuration starts nothing
+        security.log_summary()
         redis_url = s.redis_url
         if not redis_url:
             self.embedded_redis = EmbeddedRedis(s.data_dir / "redis", s.embedded_redis_port, s.tendis_compat)
@@ -78,7 +83,7 @@ class Application:
         inference = make_inference(s)
         meta = RedisMetadataStore(redis_url, s.redis_key_prefix, s.redis_timeout_s)
         vectors = MilvusVectorStore(
-            s.milvus_uri, s.milvus_collection, s.milvus_token, s.milvus_index_type,
+            s.milvus_uri, s.milvus_collection, s.milvus_token.get_secret_value(), s.milvus_index_type,
             s.hnsw_m, s.hnsw_ef_construction, s.hnsw_ef_search, s.milvus_timeout_s,
         )  # fmt: skip
         self._closers = [inference.close, meta.close, vectors.close]
@@ -89,7 +94,10 @@ class Application:
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
-        self.server = grpc.aio.server(interceptors=[ObservabilityInterceptor(s.access_log)], options=options)
+        interceptors: list[grpc.aio.ServerInterceptor] = [ObservabilityInterceptor(s.access_log)]
+        if security.interceptor is not None:
+            interceptors.append(security.interceptor)  # inside the access log, so refused calls are logged too
+        self.server = grpc.aio.server(interceptors=interceptors, options=options)
         tagging_pb2_grpc.add_TaggingServiceServicer_to_server(TaggingServicer(self.domain), self.server)
         image_feature_pb2_grpc.add_ImageFeatureServiceServicer_to_server(ImageFeatureServicer(self.domain), self.server)
         text_feature_pb2_grpc.add_TextFeatureServiceServicer_to_server(TextFeatureServicer(self.domain), self.server)
@@ -97,9 +105,13 @@ class Application:
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
         reflection.enable_server_reflection(SERVICE_NAMES, self.server)
-        self.port = self.server.add_insecure_port(s.listen)
-        if self.port == 0:
-            raise RuntimeError(f"cannot bind {s.listen}: the port is taken; set --listen / ACG2VEC_LISTEN")
+        self.port = self._bind(self.server, s.listen, security.credentials, "--listen / ACG2VEC_LISTEN")
+        if s.health_listen:
+            self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.health_server)
+            health_names = (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+            reflection.enable_server_reflection(health_names, self.health_server)  # grpcurl needs it
+            self.health_port = self._bind(self.health_server, s.health_listen, None, "ACG2VEC_HEALTH_LISTEN")
 
         self.monitor = HealthMonitor(health_servicer, self.domain, inference, meta, vectors, s.health_probe_interval_s)
         await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
@@ -111,8 +123,23 @@ class Application:
             await self.domain.illustrations.repair()
         self.monitor.start()
         await self.server.start()
-        log.info("acg2vec listening on %s (port %d)", s.listen, self.port)
+        if self.health_server is not None:
+            await self.health_server.start()
+            log.info("health (plaintext, grpc.health.v1 only) on %s (port %d)", s.health_listen, self.health_port)
+        auth = "tokens" if security.interceptor is not None else "none"
+        tls = ("mutual TLS" if s.tls_client_ca_file else "TLS") if security.tls else "plaintext"
+        log.info("acg2vec listening on %s (port %d, %s, auth %s)", s.listen, self.port, tls, auth)
         return self.port
+
+    @staticmethod
+    def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None, flag: str) -> int:
+        try:
+            port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        except RuntimeError:
+            port = 0
+        if port == 0:
+            raise RuntimeError(f"cannot bind {address}: the port is taken or the address is not local; set {flag}")
+        return port
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Graceful: NOT_SERVING first, then in-flight calls get grace_s to finish, then backends close."""
@@ -120,6 +147,8 @@ class Application:
             await self.monitor.stop()
         if self.server is not None:
             await self.server.stop(self.settings.grace_period_s if grace_s is None else grace_s)
+        if self.health_server is not None:  # after the drain, so probes see NOT_SERVING meanwhile
+            await self.health_server.stop(0)
         for close in self._closers:
             try:
                 await close()

@@ -11,13 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import SecretStr
 
+from acg2vec_server.cli_auth import auth
 from acg2vec_server.settings import Settings
 
 
 def settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """One --flag per Settings field (flags override ACG2VEC_* env vars, which override defaults)."""
+    """One --flag per Settings field (flags override ACG2VEC_* env vars, which override defaults).
+
+    Secrets (SecretStr fields) get no flag: a command line is visible to every local user (ps, /proc).
+    """
     for name, info in reversed(list(Settings.model_fields.items())):
+        if info.annotation is SecretStr:
+            continue
         kind: Any = str
         if info.annotation is bool:
             kind = bool
@@ -58,17 +65,27 @@ def main() -> None:
 @settings_options
 def serve(**overrides: Any) -> None:
     """Run the gRPC server (embedded backends unless configured otherwise)."""
-    from acg2vec_models import repository
-    from acg2vec_server.app import serve as run
+    from acg2vec_server.security import Security, SecurityConfigError
 
     settings = make_settings(overrides)
     setup_logging(settings.log_level)
+    try:
+        Security.from_settings(settings)  # fail fast, before the heavy imports and any backend
+    except SecurityConfigError as e:
+        raise click.ClickException(f"refusing to start: {e}") from None
+
+    from acg2vec_models import repository
+    from acg2vec_server.app import serve as run
+
     if settings.inference_backend == "inprocess" and not repository.model_names(settings.models_root):
         logging.getLogger("acg2vec").warning(
             "model repository %s is empty: run `acg2vec models build-defaults` (services stay NOT_SERVING until then)",
             settings.models_root,
         )
-    asyncio.run(run(settings))
+    try:
+        asyncio.run(run(settings))
+    except SecurityConfigError as e:
+        raise click.ClickException(f"refusing to start: {e}") from None
 
 
 @main.command()
@@ -81,7 +98,10 @@ def repair(**overrides: Any) -> None:
     setup_logging(settings.log_level)
 
     async def run() -> int:
-        app = Application(settings.model_copy(update={"listen": "127.0.0.1:0", "metrics_port": 0}))
+        # no one calls this short-lived server: loopback, no auth, no TLS, no health port
+        local = {"listen": "127.0.0.1:0", "metrics_port": 0, "auth": "none", "health_listen": ""}
+        local |= {"tls_cert_file": None, "tls_key_file": None, "tls_client_ca_file": None}
+        app = Application(settings.model_copy(update=local))
         await app.start()
         try:
             assert app.domain is not None
@@ -182,6 +202,8 @@ def tfserving_emulator(repository: Path | None, listen: str) -> None:
 
     asyncio.run(run())
 
+
+main.add_command(auth)
 
 if __name__ == "__main__":
     main()

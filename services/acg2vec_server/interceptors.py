@@ -10,6 +10,8 @@ from typing import Any
 import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
+from acg2vec_server.auth import current_client
+
 access_log = logging.getLogger("acg2vec.access")
 
 REQUESTS = Counter("acg2vec_grpc_requests_total", "gRPC calls handled", ["method", "code"])
@@ -43,7 +45,10 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         REQUESTS.labels(method, code).inc()
         LATENCY.labels(method).observe(elapsed)
         if self.log_calls:
-            access_log.info("%s %s %.1fms peer=%s", method, code, elapsed * 1000, context.peer())
+            # client: the name of the caller's token ("-" without one); never the token itself
+            access_log.info(
+                "%s %s %.1fms peer=%s client=%s", method, code, elapsed * 1000, context.peer(), current_client.get()
+            )
 
     def _wrap_unary(self, method: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:

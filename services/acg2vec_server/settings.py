@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 InferenceKind = Literal["inprocess", "tfserving"]
 IndexType = Literal["HNSW", "FLAT", "IVF_FLAT", "IVF_SQ8", "AUTOINDEX"]
+AuthMode = Literal["token", "none"]
 
 #: Commands Tendis does not implement; the embedded server disables them so that using one fails fast.
 TENDIS_UNSUPPORTED_COMMANDS: tuple[str, ...] = (
@@ -36,6 +37,27 @@ class Settings(BaseSettings):
     access_log: bool = Field(True, description="Log one line per call.")
     log_level: str = "INFO"
 
+    # --- security (docs/security.md); SecretStr fields come from env only (no CLI flag) and never print
+    auth: AuthMode = Field(
+        "token",
+        description="token: every call but health and reflection needs a bearer token with the right scope; "
+        "none: no authentication (loopback only, or with mutual TLS).",
+    )
+    auth_tokens_file: Path | None = Field(
+        None, description="Tokens file: 'NAME SCOPES TOKEN' per line (TOKEN: sha256:<hex> or plain); re-read on change."
+    )
+    auth_tokens: SecretStr = Field(
+        SecretStr(""), description="Tokens in the tokens-file format, entries split by newlines or ';' (env only)."
+    )
+    tls_cert_file: Path | None = Field(None, description="PEM server certificate (chain); with tls_key_file: TLS on.")
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)."
+    )
+    health_listen: str = Field(
+        "", description="Extra plaintext host:port serving only grpc.health.v1 (probes when TLS is on); empty = none."
+    )
+
     # --- storage
     data_dir: Path = Field(Path("var"), description="Where embedded backends keep their data.")
     model_repository: Path | None = Field(
@@ -59,7 +81,7 @@ class Settings(BaseSettings):
         "",
         description="A file path means Milvus Lite; http://host:19530 a Milvus server. Default <data_dir>/milvus.db.",
     )
-    milvus_token: str = ""
+    milvus_token: SecretStr = Field(SecretStr(""), description="Milvus token or user:password (env only).")
     milvus_collection: str = "acg2vec_illustrations"
     milvus_index_type: IndexType = "HNSW"
     hnsw_m: int = 16

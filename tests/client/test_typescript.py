@@ -128,6 +128,29 @@ async def test_typescript_client_against_live_server(app, ts_package):
     assert counts["pass"] == counts["tests"], output
 
 
+async def test_typescript_client_against_secured_server(secure_server, ts_package):
+    """Mutual TLS (CA, client certificate and key as PEM options) and bearer tokens with scopes."""
+    pki = secure_server.pki
+    env = {
+        **os.environ,
+        "ACG2VEC_TARGET": secure_server.target,
+        "ACG2VEC_CA_FILE": str(pki.ca),
+        "ACG2VEC_CERT_FILE": str(pki.client_cert),
+        "ACG2VEC_KEY_FILE": str(pki.client_key),
+        "ACG2VEC_READ_TOKEN": secure_server.tokens["reader"],
+        "ACG2VEC_WRITE_TOKEN": secure_server.tokens["writer"],
+        "NODE_OPTIONS": "",
+    }
+    argv = ["node", "--test", "--test-reporter=tap", "test/secure.test.cjs"]
+    result = await asyncio.to_thread(
+        subprocess.run, argv, cwd=ts_package, env=env, capture_output=True, text=True, timeout=180
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    counts = dict(re.findall(r"^# (pass|fail|tests) (\d+)$", result.stdout, re.MULTILINE))
+    assert counts.get("fail") == "0" and counts.get("pass") == counts.get("tests") == "4", output
+
+
 def readme_example(package: Path) -> str:
     """The README's ```ts blocks as one module: imports first, the rest inside an async function."""
     blocks = re.findall(r"^```ts\n(.*?)^```", (package / "README.md").read_text(), re.MULTILINE | re.DOTALL)

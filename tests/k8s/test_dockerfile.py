@@ -158,7 +158,9 @@ def test_exposed_ports_and_env_match_the_settings_defaults(dockerfile):
     assert host == "0.0.0.0" and int(port) == grpc_port, "a container must listen on all interfaces"
     assert int(env["ACG2VEC_METRICS_PORT"]) == metrics_port
     assert env["ACG2VEC_MODEL_REPOSITORY"] == "/models"
-    for field in ("ACG2VEC_LISTEN", "ACG2VEC_METRICS_PORT", "ACG2VEC_DATA_DIR", "ACG2VEC_MODEL_REPOSITORY"):
+    assert env["ACG2VEC_HEALTH_LISTEN"].startswith("127.0.0.1:"), "the in-container health port stays on loopback"
+    fields = ("LISTEN", "METRICS_PORT", "DATA_DIR", "MODEL_REPOSITORY", "HEALTH_LISTEN")
+    for field in (f"ACG2VEC_{name}" for name in fields):
         assert field[len("ACG2VEC_") :].lower() in checks.settings_fields(), field
     entry = exec_form(stages[-1].all("ENTRYPOINT")[-1].args)
     cmd = exec_form(stages[-1].all("CMD")[-1].args)
@@ -194,13 +196,14 @@ def test_healthcheck_asks_grpc_health_and_reflects_serving_status(dockerfile, tm
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
 
-    def probe(listen: str) -> int:
-        env = {**os.environ, "ACG2VEC_LISTEN": listen}
+    def probe(listen: str, health_listen: str = "") -> int:
+        env = {**os.environ, "ACG2VEC_LISTEN": listen, "ACG2VEC_HEALTH_LISTEN": health_listen}
         return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=30).returncode
 
     try:
         servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         assert probe(f"0.0.0.0:{port}") == 0
+        assert probe("0.0.0.0:1", f"127.0.0.1:{port}") == 0, "the health-only port wins (the gRPC port may be TLS)"
         servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         servicer.set("liveness", health_pb2.HealthCheckResponse.SERVING)
         assert probe(f"0.0.0.0:{port}") != 0, "the healthcheck must follow the overall status ''"

@@ -202,6 +202,7 @@ CHECKS: dict[str, Callable[[list[dict], str], list[str]]] = {
     "indexed_jobs": lambda d, o: checks.check_indexed_jobs(d),
     "tfserving": lambda d, o: checks.check_tfserving(d),
     "tendis": lambda d, o: checks.check_tendis(d, cluster=o == "prod"),
+    "security": lambda d, o: checks.check_security(d),
 }
 
 
@@ -225,8 +226,52 @@ def _set_tendis_conf(docs, old, new):
     cm["data"]["tendisplus.conf"] = cm["data"]["tendisplus.conf"].replace(old, new)
 
 
+def _volume(docs, kind, name, volume):
+    spec = find(docs, kind, name)["spec"]["template"]["spec"]
+    return next(v for v in spec["volumes"] if v["name"] == volume)
+
+
 # (check, overlay, how to break it, a phrase the problem must contain)
 BREAKAGES = [
+    (
+        "security",
+        "dev",
+        lambda d: _set_config(d, "ACG2VEC_TLS_CERT_FILE", "/etc/certs/tls.crt"),
+        "not in a mounted Secret",
+    ),
+    (
+        "security",
+        "prod",
+        lambda d: _set_config(d, "ACG2VEC_AUTH_TOKENS_FILE", "/etc/acg2vec/auth/tokens.txt"),
+        "no key",
+    ),
+    ("security", "prod", lambda d: _set_config(d, "ACG2VEC_AUTH", "none"), "must authenticate callers"),
+    ("security", "dev", lambda d: _set_config(d, "ACG2VEC_AUTH_TOKENS", "a read x"), "put it in a Secret"),
+    (
+        "security",
+        "prod",
+        lambda d: _container(d, "Deployment", "acg2vec")["readinessProbe"]["grpc"].update(port=50051),
+        "not the plaintext health port",
+    ),
+    ("security", "dev", lambda d: _set_config(d, "ACG2VEC_HEALTH_LISTEN", "127.0.0.1:50052"), "bind 0.0.0.0"),
+    (
+        "security",
+        "prod",
+        lambda d: _volume(d, "Job", "acg2vec-index", "server-ca")["secret"].pop("items"),
+        "private key tls.key",
+    ),
+    (
+        "security",
+        "dev",
+        lambda d: _volume(d, "Deployment", "acg2vec", "auth")["secret"].update(defaultMode=0o644),
+        "world-readable",
+    ),
+    (
+        "security",
+        "dev",
+        lambda d: _container(d, "Job", "acg2vec-index")["args"].__setitem__(-1, "/tmp/token"),
+        "--token-file /tmp/token is not in a mounted Secret",
+    ),
     (
         "services",
         "dev",
@@ -248,8 +293,8 @@ BREAKAGES = [
     (
         "probes",
         "dev",
-        lambda d: _container(d, "Deployment", "acg2vec")["livenessProbe"]["grpc"].update(port=50052),
-        "port 50052",
+        lambda d: _container(d, "Deployment", "acg2vec")["livenessProbe"]["grpc"].update(port=50099),
+        "port 50099",
     ),
     (
         "probes",
@@ -513,6 +558,7 @@ def test_settings_fields_parsed_by_ast_match_the_settings_class():
         assert name in fields
     assert fields["inference_backend"].choices == ("inprocess", "tfserving")
     assert fields["metrics_port"].kind == "int" and fields["grace_period_s"].kind == "float"
+    assert fields["auth_tokens"].secret and fields["milvus_token"].secret and not fields["auth_tokens_file"].secret
     try:
         from acg2vec_server.settings import Settings
     except Exception as err:  # a concurrent edit may break the import; the ast reading is what tests rely on

@@ -54,9 +54,14 @@ export const SERVICE_NAMES = [
 ] as const;
 
 export interface Acg2vecClientOptions {
-  /** Channel credentials; default plaintext (or TLS with system roots when `tls` is true). */
+  /** Channel credentials; default plaintext (or TLS when `tls` is true or any PEM option below is given). */
   credentials?: ChannelCredentials;
   tls?: boolean;
+  /** PEM CA certificates that sign the server's certificate (default: the system roots); implies TLS. */
+  rootCerts?: Uint8Array;
+  /** PEM private key and certificate chain of this client, for servers that require mutual TLS; implies TLS. */
+  privateKey?: Uint8Array;
+  certChain?: Uint8Array;
   /** Sent as `authorization: Bearer <token>` on every call. */
   token?: string;
   /** Default deadline of unary calls in ms; `null` means none. Default 30 s. */
@@ -143,7 +148,7 @@ export class Acg2vecClient {
   /** target: `host:port`, e.g. `127.0.0.1:50051`. */
   constructor(target: string, options: Acg2vecClientOptions = {}) {
     this.options = options;
-    const creds = options.credentials ?? (options.tls ? credentials.createSsl() : credentials.createInsecure());
+    const creds = options.credentials ?? channelCredentials(options);
     const maxBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
     const channelOptions: ChannelOptions = {
       "grpc.max_send_message_length": maxBytes,
@@ -262,6 +267,17 @@ export class Acg2vecClient {
     }
     this.channel.close();
   }
+}
+
+/** TLS credentials from the PEM options (mutual TLS with privateKey + certChain), or plaintext. */
+export function channelCredentials(options: Acg2vecClientOptions): ChannelCredentials {
+  const { rootCerts, privateKey, certChain } = options;
+  if ((privateKey === undefined) !== (certChain === undefined)) {
+    throw new TypeError("mutual TLS needs both privateKey and certChain");
+  }
+  if (!options.tls && !rootCerts && !privateKey) return credentials.createInsecure();
+  const pem = (value?: Uint8Array) => (value === undefined ? null : Buffer.from(value));
+  return credentials.createSsl(pem(rootCerts), pem(privateKey), pem(certChain));
 }
 
 export function tagOptions(init: TagOptionsInit): TagOptions {
