@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from acg2vec_server import cli_index
 from acg2vec_server.settings import Settings
 
 
@@ -182,6 +183,8 @@ def tfserving_emulator(repository: Path | None, listen: str) -> None:
 
     asyncio.run(run())
 
+
+main.add_command(cli_index.index)
 
 if __name__ == "__main__":
     main()

@@ -33,6 +33,13 @@ class VectorStore(Protocol):
     #: (image, text) dimensions once the collection is ready, else None.
     dims: tuple[int, int] | None
 
+    def index_params(self) -> dict[str, Any]:
+        if self.index_type == "HNSW":
+            return dict(self.hnsw)
+        if self.index_type.startswith("IVF"):
+            return {"nlist": self.ivf_nlist}
+        return {}
+
     async def ensure_collection(self, image_dim: int, text_dim: int) -> None: ...
     async def upsert(self, rows: list[VectorRow]) -> None: ...
     async def delete(self, ids: list[str]) -> None: ...
@@ -79,6 +86,8 @@ class MilvusVectorStore:
         hnsw_ef_construction: int = 200,
         hnsw_ef_search: int = 128,
         timeout_s: float = 10.0,
+        ivf_nlist: int = 1024,
+        ivf_nprobe: int = 32,
     ):
         self.uri = uri
         self.collection = collection
@@ -86,12 +95,14 @@ class MilvusVectorStore:
         self.index_type = index_type
         self.hnsw = {"M": hnsw_m, "efConstruction": hnsw_ef_construction}
         self.ef_search = hnsw_ef_search
+        self.ivf_nlist, self.ivf_nprobe = ivf_nlist, ivf_nprobe
         self.timeout_s = timeout_s
         self.is_lite = not uri.startswith(("http://", "https://", "tcp://", "unix:"))
         # One thread: Milvus Lite is one embedded engine; a server client is cheap to serialise too.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="milvus")
         self._client: Any = None
         self.dims: tuple[int, int] | None = None
+        self.active_index_type = index_type
 
     # -- plumbing
     def _connect(self) -> Any:
@@ -147,15 +158,30 @@ class MilvusVectorStore:
             )
             schema.add_field("fields", DataType.JSON)
             index = client.prepare_index_params()
-            params = self.hnsw if self.index_type == "HNSW" else {}
+            params = self.index_params()
             for field_name in ("image_vector", "text_vector"):
                 index.add_index(field_name, index_type=self.index_type, metric_type="COSINE", params=params)
             client.create_collection(self.collection, schema=schema, index_params=index)
             log.info(
                 "created Milvus collection %s (%s, dims %d/%d)", self.collection, self.index_type, image_dim, text_dim
             )
+        existing = client.describe_index(self.collection, "image_vector").get("index_type")
+        if existing and existing != self.index_type:
+            log.warning(
+                "collection %s has a %s index, not the configured %s; the existing index stays (drop and "
+                "rebuild it, or index into a new ACG2VEC_MILVUS_COLLECTION, to change it)",
+                self.collection, existing, self.index_type,
+            )  # fmt: skip
+        self.active_index_type = existing or self.index_type
         client.load_collection(self.collection)
         self.dims = (image_dim, text_dim)
+
+    def index_params(self) -> dict[str, Any]:
+        if self.index_type == "HNSW":
+            return dict(self.hnsw)
+        if self.index_type.startswith("IVF"):
+            return {"nlist": self.ivf_nlist}
+        return {}
 
     async def ensure_collection(self, image_dim: int, text_dim: int) -> None:
         await self._run(self._ensure, image_dim, text_dim)
@@ -191,8 +217,10 @@ class MilvusVectorStore:
     ) -> list[VectorHit]:
         self._require()
         params: dict[str, Any] = {"metric_type": "COSINE"}
-        if self.index_type == "HNSW":
+        if self.active_index_type == "HNSW":
             params["params"] = {"ef": max(self.ef_search, limit + offset)}
+        elif self.active_index_type.startswith("IVF"):
+            params["params"] = {"nprobe": self.ivf_nprobe}
         result = await self._run(
             lambda c: c.search(
                 self.collection,
