@@ -17,7 +17,7 @@ from acg2vec_server.backends.embedded_redis import EmbeddedRedis
 from acg2vec_server.backends.metadata import RedisMetadataStore
 from acg2vec_server.backends.vectors import MilvusVectorStore
 from acg2vec_server.domain.illustrations import IndexItem, Query
-from acg2vec_server.domain.types import IllustrationMetadata, SearchFilter
+from acg2vec_server.domain.types import IllustrationMetadata, SearchFilter, VectorRow
 from acg2vec_server.settings import Settings
 from tests.helpers import image_bytes
 from tests.redis_cluster import RedisCluster, cluster_info
@@ -109,6 +109,11 @@ async def test_index_search_repair_delete_on_the_cluster(app: Application, redis
         assert page.hits[0].id == "c3"
         odd = await ill.search(Query(illustration_id="c3"), 10, SearchFilter(fields={"n": "1"}))
         assert [h.id for h in odd.hits] == ["c1"]
+        # Milvus loses a row (restored from an older backup) and keeps one whose record is gone: the full pass
+        await vectors.delete(["c2"])
+        await vectors.upsert([VectorRow("orphan", *(np.ones(d, np.float32) for d in vectors.dims), "general", [], {})])
+        assert await ill.reconcile() == (1, 1)
+        assert await vectors.ids() == await meta.ids() == {f"c{i}" for i in range(6)} | {"c-crash"}
         for id in [f"c{i}" for i in range(6)] + ["c-crash"]:
             assert await ill.delete(id)
         assert await vectors.count() == 0 and await meta.count() == 0

@@ -73,8 +73,9 @@ def serve(**overrides: Any) -> None:
 
 
 @main.command()
+@click.option("--full", is_flag=True, help="also compare every id of both stores (restores lost rows, drops orphans)")
 @settings_options
-def repair(**overrides: Any) -> None:
+def repair(full: bool, **overrides: Any) -> None:
     """Finish interrupted writes and deletes so metadata and vectors agree (the server does this at start-up)."""
     from acg2vec_server.app import Application
 
@@ -86,6 +87,9 @@ def repair(**overrides: Any) -> None:
         await app.start()
         try:
             assert app.domain is not None
+            if full:
+                restored, removed = await app.domain.illustrations.reconcile()
+                click.echo(f"restored {restored} vector rows from their records, removed {removed} orphan rows")
             return await app.domain.illustrations.repair()
         finally:
             await app.stop(grace_s=0)

@@ -34,6 +34,7 @@ class MetadataStore(Protocol):
     async def remove_pending(self, id: str) -> None: ...
     async def pending(self) -> list[str]: ...
     async def count(self) -> int: ...
+    async def ids(self) -> set[str]: ...
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -143,6 +144,17 @@ class RedisMetadataStore:
         async for _ in self._redis.scan_iter(match=f"{self.prefix}:ill:*", count=1000):
             n += 1
         return n
+
+    async def ids(self) -> set[str]:
+        """Every stored id (SCAN over every node; for the full repair pass, not hot paths)."""
+        found: set[str] = set()
+        start = len(self.prefix) + len(":ill:{")
+        try:
+            async for key in self._redis.scan_iter(match=f"{self.prefix}:ill:*", count=1000):
+                found.add(key.decode()[start:-1])
+        except (RedisError, OSError) as e:
+            raise BackendUnavailable(self.name, f"metadata store scan failed: {e}; retry later") from None
+        return found
 
     async def ping(self) -> None:
         await self._call(self._redis.ping())

@@ -48,6 +48,7 @@ class VectorStore(Protocol):
     ) -> list[VectorHit]: ...
     async def get_vectors(self, ids: list[str], space: Space) -> dict[str, np.ndarray]: ...
     async def count(self) -> int: ...
+    async def ids(self) -> set[str]: ...
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -247,6 +248,22 @@ class MilvusVectorStore:
         self._require()
         rows = await self._run(lambda c: c.query(self.collection, filter="", output_fields=["count(*)"]))
         return int(rows[0]["count(*)"])
+
+    async def ids(self) -> set[str]:
+        """Every stored id (a query iterator; for the full repair pass, not hot paths)."""
+        self._require()
+
+        def scan(client: Any) -> set[str]:
+            found: set[str] = set()
+            iterator = client.query_iterator(self.collection, batch_size=4096, output_fields=["id"])
+            try:
+                while batch := iterator.next():
+                    found.update(row["id"] for row in batch)
+            finally:
+                iterator.close()
+            return found
+
+        return await self._run(scan)
 
     async def ping(self) -> None:
         await self._run(lambda c: c.has_collection(self.collection))

@@ -177,6 +177,29 @@ class Illustrations:
             log.warning("repaired %d interrupted writes: %s", len(ids), ids[:20])
         return len(ids)
 
+    async def reconcile(self, chunk: int = 512) -> tuple[int, int]:
+        """The full pass (`acg2vec repair --full`): finishes pending work, then gives every committed record
+        whose row Milvus lacks (e.g. Milvus restored from an older backup) its row again, and removes rows
+        that have no record. Returns (rows restored, rows removed)."""
+        await self.repair()
+        stored, indexed = await self.meta.ids(), await self.vectors.ids()
+        restored = removed = 0
+        missing = sorted(stored - indexed)
+        for start in range(0, len(missing), chunk):
+            records = await self.meta.get_many(missing[start : start + chunk])
+            rows = [to_row(r) for r in records.values() if r.state == "committed"]  # others: repair's work
+            if rows:
+                await self.vectors.upsert(rows)
+                restored += len(rows)
+        for id in sorted(indexed - stored):
+            async with self._lock(id):
+                if await self.meta.get(id) is None:  # written meanwhile? then it is no orphan
+                    await self.vectors.delete([id])
+                    removed += 1
+        if restored or removed:
+            log.warning("full repair: restored %d vector rows, removed %d orphans", restored, removed)
+        return restored, removed
+
     async def repair_stale(self) -> int:
         """Repairs the ids that were already pending at the previous call (a write in progress is left alone);
         the health monitor calls it every probe, so a write that failed part-way is finished within two."""
