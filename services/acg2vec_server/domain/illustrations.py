@@ -249,11 +249,21 @@ class Illustrations:
         text_vectors = await self.models.embed_texts(
             [tag_text(t.tags, item.metadata) for t, (_, item, _) in zip(tags, todo, strict=True)]
         )
-        for (i, item, _), t, iv, tv in zip(todo, tags, image_vectors, text_vectors, strict=True):
+
+        async def store(i: int, item: IndexItem, t, iv, tv) -> None:
             try:
                 results[i].record, results[i].outcome = await self._store(item, t, iv, tv)
             except Acg2vecError as e:
                 results[i].error = e
+
+        # Concurrently: the items' metadata writes share the Redis server's fsyncs (appendfsync always), and
+        # the per-id locks still order two items with the same id.
+        await asyncio.gather(
+            *(
+                store(i, item, t, iv, tv)
+                for (i, item, _), t, iv, tv in zip(todo, tags, image_vectors, text_vectors, strict=True)
+            )
+        )
         return results
 
     async def _already_stored(self, items: list[IndexItem]) -> list[tuple[int, IllustrationRecord]]:
