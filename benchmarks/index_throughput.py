@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _search_common import ACG2VEC, ROOT, ServerProcess  # noqa: E402
+from _search_common import ACG2VEC, ROOT, ServerProcess
 
 
 def openclipart_images(n: int, max_bytes: int) -> list[Path]:
@@ -76,12 +76,23 @@ async def end_to_end(repository: Path, paths: list[Path], window: int, batch: in
         manifest = folder / "manifest.jsonl"
         manifest.write_text("".join(json.dumps({"id": f"img{i}", "image": str(p)}) + "\n" for i, p in enumerate(paths)))
         warm = folder / "warm.jsonl"
-        warm.write_text("".join(json.dumps({"id": f"warm{i}", "image": str(p)}) + "\n" for i, p in enumerate(paths[:batch])))
+        warm.write_text(
+            "".join(json.dumps({"id": f"warm{i}", "image": str(p)}) + "\n" for i, p in enumerate(paths[:batch]))
+        )
         server = ServerProcess(folder / "server.log", data_dir=folder / "data", model_repository=repository,
                                max_batch_size=batch)  # fmt: skip
         try:
             await server.wait_serving()
-            cli = [ACG2VEC, "index", "--target", server.target, "--no-journal", "--no-progress", "--window", str(window)]
+            cli = [
+                ACG2VEC,
+                "index",
+                "--target",
+                server.target,
+                "--no-journal",
+                "--no-progress",
+                "--window",
+                str(window),
+            ]
             subprocess.run([*cli, str(warm)], check=True, capture_output=True)
             start = time.perf_counter()
             run = subprocess.run([*cli, str(manifest)], capture_output=True, text=True)
