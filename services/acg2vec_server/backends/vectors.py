@@ -104,6 +104,8 @@ class MilvusVectorStore:
         self._client: Any = None
         self.dims: tuple[int, int] | None = None
         self.active_index_type = index_type
+        self._upserts: list[tuple[list[dict[str, Any]], asyncio.Future[None]]] = []
+        self._drainer: asyncio.Task[None] | None = None
 
     # -- plumbing
     def _connect(self) -> Any:
@@ -207,7 +209,31 @@ class MilvusVectorStore:
             }
             for r in rows
         ]
-        await self._run(lambda c: c.upsert(self.collection, data))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._upserts.append((data, future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain_upserts())
+        await future
+
+    def _upsert_rows(self, client: Any, rows: list[dict[str, Any]]) -> None:
+        client.upsert(self.collection, rows)
+
+    async def _drain_upserts(self) -> None:
+        """Coalesces concurrent upserts (e.g. the items of one indexing batch) into one Milvus call: what
+        arrives while a call runs goes out together in the next."""
+        while self._upserts:
+            waiting, self._upserts = self._upserts, []
+            merged = list({row["id"]: row for data, _ in waiting for row in data}.values())  # the later write wins
+            try:
+                await self._run(self._upsert_rows, merged)
+            except Exception as e:
+                for _, future in waiting:
+                    if not future.done():
+                        future.set_exception(e)
+            else:
+                for _, future in waiting:
+                    if not future.done():
+                        future.set_result(None)
 
     async def delete(self, ids: list[str]) -> None:
         self._require()
