@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import pytest_asyncio
 import yaml
 
 from acg2vec.v1 import search_pb2, search_pb2_grpc
@@ -37,6 +38,16 @@ def write_dataset(folder: Path, n: int, seed: int, tag: str) -> Path:
     manifest = folder / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return manifest
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def _clean_up(app: Application) -> AsyncIterator[None]:
+    """Removes what each test indexed, so that the shared server's other tests see their own data only."""
+    yield
+    assert app.domain is not None
+    for id in sorted(await app.domain.illustrations.meta.ids()):
+        if id.startswith(("job/", "resume/", "cut/")):
+            await app.domain.illustrations.delete(id)
 
 
 async def run_cli(*args: str | Path, stdin: int | None = None) -> tuple[int, str, str]:

@@ -4,9 +4,11 @@ tags, pagination across pages, exact re-ranking; the server's skip of unchanged 
 from __future__ import annotations
 
 import io
+from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
+import pytest_asyncio
 from PIL import Image, ImageDraw
 
 from acg2vec.v1 import common_pb2, search_pb2
@@ -17,6 +19,16 @@ from acg2vec_server.domain.tagging import Tagger
 from acg2vec_server.domain.types import IllustrationMetadata
 from acg2vec_server.errors import BackendUnavailable
 from tests.helpers import SAMPLE_PNG, SHARED_IMAGES, image_bytes
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def _clean_up(app: Application) -> AsyncIterator[None]:
+    """Removes what each test indexed, so that the shared server's other tests see their own data only."""
+    yield
+    assert app.domain is not None
+    for id in sorted(await app.domain.illustrations.meta.ids()):
+        if id.startswith(("rev-", "txt-", "pg-", "skip-", "del-")):
+            await app.domain.illustrations.delete(id)
 
 
 def edited(data: bytes) -> bytes:
