@@ -12,6 +12,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import click
 import grpc
 import pytest
 import pytest_asyncio
@@ -19,7 +20,7 @@ import yaml
 
 from acg2vec.v1 import search_pb2, search_pb2_grpc
 from acg2vec_server.app import Application
-from acg2vec_server.cli_index import Journal, manifest_item, shard_of
+from acg2vec_server.cli_index import Journal, connection_kwargs, manifest_item, shard_of
 from tests.helpers import ROOT, image_bytes
 
 ACG2VEC = str(Path(sys.executable).parent / "acg2vec")
@@ -107,7 +108,14 @@ def job_args(target: str, manifest: Path, shard: int) -> list[str]:
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[0] == "index"
     swap = {"/data/manifest.jsonl": str(manifest), "acg2vec:50051": target, "$(JOB_COMPLETION_INDEX)": str(shard)}
-    return [swap.get(a, a) for a in args[1:]]
+    out: list[str] = []
+    rest = iter(args[1:])
+    for arg in rest:
+        if arg in ("--tls-ca-file", "--token-file"):  # the test server is plaintext, without tokens
+            next(rest)
+            continue
+        out.append(swap.get(arg, arg))
+    return out
 
 
 async def test_indexed_job_shards_index_everything_once(app: Application, tmp_path: Path):
@@ -303,6 +311,20 @@ def test_journal_survives_a_torn_last_line(tmp_path: Path):
     again.record("c", "k3", "created")
     again.close()
     assert Journal(path).done == {"a": "k1", "c": "k3"}
+
+
+def test_connection_flags(tmp_path: Path):
+    token = tmp_path / "token"
+    token.write_text("secret\n")
+    assert connection_kwargs(token, None, None, None, None) == {"tls": False, "token": "secret"}
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(b"PEM")
+    assert connection_kwargs(None, None, ca, None, None) == {"tls": True, "root_certificates": b"PEM"}
+    with pytest.raises(click.UsageError, match="both"):
+        connection_kwargs(None, None, None, ca, None)
+    token.write_text(" ")
+    with pytest.raises(click.UsageError, match="empty"):
+        connection_kwargs(token, None, None, None, None)
 
 
 @pytest.mark.parametrize("args", [["--shard-index", "4", "--shard-count", "4"], ["--shard-count", "0"]])

@@ -425,7 +425,7 @@ class Indexer:
 
 async def run_index(
     source: Path, target: str, *, shard_index: int = 0, shard_count: int = 1, journal_path: Path | None,
-    window: int = 64, retries: int = 8, token: str | None = None, tls: bool = False, progress: bool = True,
+    window: int = 64, retries: int = 8, progress: bool = True, **connection: Any,
 ) -> Summary:  # fmt: skip
     from tqdm import tqdm
 
@@ -435,13 +435,38 @@ async def run_index(
     journal = Journal(journal_path)
     bar = tqdm(total=total, unit="img", desc="indexing", disable=not progress, mininterval=0.5, file=sys.stderr)
     items = (i for i in source_items(source) if shard_of(i.id, shard_count) == shard_index)
-    client = AsyncAcg2vecClient(target, tls=tls, token=token, retries=0, stream_timeout_s=None)
+    client = AsyncAcg2vecClient(target, retries=0, stream_timeout_s=None, **connection)
     try:
         return await Indexer(client, journal, window=window, retries=retries, progress=bar).run(items)
     finally:
         bar.close()
         journal.close()
         await client.close()
+
+
+_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+def connection_kwargs(
+    token_file: Path | None, tls: bool | None, ca: Path | None, cert: Path | None, key: Path | None
+) -> dict[str, Any]:
+    """Client TLS and token settings from the connection flags (the token comes from a file, e.g. a mounted Secret,
+    never from the command line where other local users could read it)."""
+    if (cert is None) != (key is None):
+        raise click.UsageError("mutual TLS needs both --tls-cert-file and --tls-key-file")
+    if tls is False and (ca or cert):
+        raise click.UsageError("--no-tls contradicts the --tls-* files")
+    kwargs: dict[str, Any] = {"tls": bool(tls or ca or cert)}
+    if ca:
+        kwargs["root_certificates"] = ca.read_bytes()
+    if cert and key:
+        kwargs["certificate_chain"], kwargs["private_key"] = cert.read_bytes(), key.read_bytes()
+    if token_file is not None:
+        token = token_file.read_text(encoding="utf-8").strip()
+        if not token:
+            raise click.UsageError(f"the token file {token_file} is empty")
+        kwargs["token"] = token
+    return kwargs
 
 
 @click.command("index")
@@ -457,12 +482,16 @@ async def run_index(
 )  # fmt: skip
 @click.option("--no-journal", is_flag=True, help="keep no journal (the server still skips unchanged items)")
 @click.option("--summary-json", type=click.Path(path_type=Path), default=None, help="also write the summary here")
-@click.option("--token", envvar="ACG2VEC_TOKEN", default=None, help="bearer token [env ACG2VEC_TOKEN]")
-@click.option("--tls", is_flag=True, help="connect with TLS (system roots)")
+@click.option("--token-file", type=_FILE, default=None, help="file holding the bearer token (auth on)")
+@click.option("--tls/--no-tls", default=None, help="TLS (default: on when a --tls-* file is given)")
+@click.option("--tls-ca-file", type=_FILE, default=None, help="PEM CA of the server certificate (implies TLS)")
+@click.option("--tls-cert-file", type=_FILE, default=None, help="PEM client certificate (mutual TLS)")
+@click.option("--tls-key-file", type=_FILE, default=None, help="PEM client private key (mutual TLS)")
 @click.option("--progress/--no-progress", default=True, help="tqdm progress bar on stderr")
 def index(
     source: Path, target: str, shard_index: int, shard_count: int, window: int, retries: int,
-    journal: Path | None, no_journal: bool, summary_json: Path | None, token: str | None, tls: bool, progress: bool,
+    journal: Path | None, no_journal: bool, summary_json: Path | None, token_file: Path | None, tls: bool | None,
+    tls_ca_file: Path | None, tls_cert_file: Path | None, tls_key_file: Path | None, progress: bool,
 ) -> None:  # fmt: skip
     """Index SOURCE (a folder of images, or a JSONL manifest) into the server at --target.
 
@@ -474,6 +503,7 @@ def index(
     if shard_count < 1 or not 0 <= shard_index < shard_count:
         raise click.BadParameter(f"need 0 <= --shard-index < --shard-count, got {shard_index} of {shard_count}")
     journal_path = None if no_journal else journal or default_journal(source, target, shard_index, shard_count)
+    connection = connection_kwargs(token_file, tls, tls_ca_file, tls_cert_file, tls_key_file)
 
     async def main() -> Summary:
         task = asyncio.current_task()
@@ -483,7 +513,7 @@ def index(
             loop.add_signal_handler(sig, task.cancel)
         return await run_index(
             source, target, shard_index=shard_index, shard_count=shard_count, journal_path=journal_path,
-            window=window, retries=retries, token=token, tls=tls, progress=progress,
+            window=window, retries=retries, progress=progress, **connection,
         )  # fmt: skip
 
     try:
