@@ -81,10 +81,11 @@ class Application:
             await asyncio.to_thread(self.embedded_redis.start)
             redis_url = self.embedded_redis.url
         inference = make_inference(s)
-        meta = RedisMetadataStore(redis_url, s.redis_key_prefix, s.redis_timeout_s)
+        meta = RedisMetadataStore(redis_url, s.redis_key_prefix, s.redis_timeout_s, cluster=s.redis_cluster)
         vectors = MilvusVectorStore(
             s.milvus_uri, s.milvus_collection, s.milvus_token.get_secret_value(), s.milvus_index_type,
             s.hnsw_m, s.hnsw_ef_construction, s.hnsw_ef_search, s.milvus_timeout_s,
+            ivf_nlist=s.ivf_nlist, ivf_nprobe=s.ivf_nprobe,
         )  # fmt: skip
         self._closers = [inference.close, meta.close, vectors.close]
         self.domain = Domain.build(s, inference, meta, vectors)

@@ -13,6 +13,7 @@ from typing import Any
 import click
 from pydantic import SecretStr
 
+from acg2vec_server import cli_index
 from acg2vec_server.cli_auth import auth
 from acg2vec_server.settings import Settings
 
@@ -89,8 +90,9 @@ def serve(**overrides: Any) -> None:
 
 
 @main.command()
+@click.option("--full", is_flag=True, help="also compare every id of both stores (restores lost rows, drops orphans)")
 @settings_options
-def repair(**overrides: Any) -> None:
+def repair(full: bool, **overrides: Any) -> None:
     """Finish interrupted writes and deletes so metadata and vectors agree (the server does this at start-up)."""
     from acg2vec_server.app import Application
 
@@ -105,6 +107,9 @@ def repair(**overrides: Any) -> None:
         await app.start()
         try:
             assert app.domain is not None
+            if full:
+                restored, removed = await app.domain.illustrations.reconcile()
+                click.echo(f"restored {restored} vector rows from their records, removed {removed} orphan rows")
             return await app.domain.illustrations.repair()
         finally:
             await app.stop(grace_s=0)
@@ -204,6 +209,7 @@ def tfserving_emulator(repository: Path | None, listen: str) -> None:
 
 
 main.add_command(auth)
+main.add_command(cli_index.index)
 
 if __name__ == "__main__":
     main()

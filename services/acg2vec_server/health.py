@@ -70,6 +70,8 @@ class HealthMonitor:
             ok["collection"] = False
         if ok["metadata"] and ok["collection"] and self._was_down & {"metadata", "collection"}:
             await self._check("repair", self.domain.illustrations.repair())
+        elif ok["metadata"] and ok["collection"]:  # writes that failed part-way (e.g. a Milvus timeout)
+            await self._check("repair", self.domain.illustrations.repair_stale())
         self._was_down = {k for k, v in ok.items() if not v}
         serving = {
             TAGGING: ok[m.tagger],

@@ -87,10 +87,15 @@ class Settings(BaseSettings):
     hnsw_m: int = 16
     hnsw_ef_construction: int = 200
     hnsw_ef_search: int = 128
+    ivf_nlist: int = Field(1024, description="Clusters of an IVF_FLAT / IVF_SQ8 index (about 4*sqrt(rows)).")
+    ivf_nprobe: int = Field(32, description="Clusters an IVF search visits (recall vs speed).")
     milvus_timeout_s: float = 10.0
 
     # --- metadata (Tendis / Redis protocol)
     redis_url: str = Field("", description="redis://host:port/0 of Tendis or Redis; empty starts an embedded server.")
+    redis_cluster: bool = Field(
+        False, description="redis_url is a node of a Redis Cluster / Tendis cluster (redis-py RedisCluster)."
+    )
     redis_key_prefix: str = "acg2vec:v1"
     redis_timeout_s: float = 5.0
     embedded_redis_port: int = Field(0, description="Port of the embedded Redis-protocol server; 0 picks a free one.")
@@ -114,6 +119,8 @@ class Settings(BaseSettings):
             self.model_repository = self.data_dir / "models"
         if not self.milvus_uri:
             self.milvus_uri = str(self.data_dir / "milvus.db")
+        if self.redis_cluster and not self.redis_url:
+            raise ValueError("redis_cluster needs redis_url (a cluster node); the embedded server is not a cluster")
         return self
 
     @property

@@ -9,6 +9,7 @@ and none of the commands Tendis lacks (Lua, blocking pops, SELECT n, ...).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -28,12 +29,20 @@ class MetadataStore(Protocol):
     async def get(self, id: str) -> IllustrationRecord | None: ...
     async def get_many(self, ids: list[str]) -> dict[str, IllustrationRecord]: ...
     async def put(self, record: IllustrationRecord) -> None: ...
+    async def put_many(self, records: list[IllustrationRecord]) -> None:
+        """Bulk load (one pipeline; split per node on a cluster); not part of the write protocol."""
+        pipe = self._redis.pipeline(transaction=False)
+        for record in records:
+            pipe.hset(self.key(record.id), mapping=_encode(record))
+        await self._call(pipe.execute())
+
     async def set_state(self, id: str, state: RecordState) -> None: ...
     async def delete(self, id: str) -> None: ...
     async def add_pending(self, id: str) -> None: ...
     async def remove_pending(self, id: str) -> None: ...
     async def pending(self) -> list[str]: ...
     async def count(self) -> int: ...
+    async def ids(self) -> set[str]: ...
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -82,11 +91,19 @@ def _decode(id: str, h: dict[bytes, bytes]) -> IllustrationRecord:
 class RedisMetadataStore:
     name = "metadata"
 
-    def __init__(self, url: str, prefix: str = "acg2vec:v1", timeout_s: float = 5.0, cluster: bool = False):
+    def __init__(
+        self, url: str, prefix: str = "acg2vec:v1", timeout_s: float = 5.0, cluster: bool = False,
+        max_connections: int = 64,
+    ):  # fmt: skip
         self.url = url
         self.prefix = prefix
-        common: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
+        common: dict[str, Any] = {
+            "socket_timeout": timeout_s, "socket_connect_timeout": timeout_s, "max_connections": max_connections,
+        }  # fmt: skip
         self._redis: Any = RedisCluster.from_url(url, **common) if cluster else aioredis.Redis.from_url(url, **common)
+        # redis-py's asyncio pools fail a command outright ("Too many connections") once max_connections are busy;
+        # callers queue here instead, so that a burst of requests waits rather than failing.
+        self._slots = asyncio.Semaphore(max_connections)
 
     def key(self, id: str) -> str:
         return f"{self.prefix}:ill:{{{id}}}"
@@ -97,7 +114,8 @@ class RedisMetadataStore:
 
     async def _call(self, coro: Any) -> Any:
         try:
-            return await coro
+            async with self._slots:
+                return await coro
         except (RedisConnectionError, RedisTimeoutError, OSError) as e:
             raise BackendUnavailable(
                 self.name, f"metadata store (Redis protocol) at {self.url} is unreachable: {e}; retry later"
@@ -121,6 +139,13 @@ class RedisMetadataStore:
     async def put(self, record: IllustrationRecord) -> None:
         await self._call(self._redis.hset(self.key(record.id), mapping=_encode(record)))
 
+    async def put_many(self, records: list[IllustrationRecord]) -> None:
+        """Bulk load (one pipeline; split per node on a cluster); not part of the write protocol."""
+        pipe = self._redis.pipeline(transaction=False)
+        for record in records:
+            pipe.hset(self.key(record.id), mapping=_encode(record))
+        await self._call(pipe.execute())
+
     async def set_state(self, id: str, state: RecordState) -> None:
         await self._call(self._redis.hset(self.key(id), "state", state))
 
@@ -143,6 +168,17 @@ class RedisMetadataStore:
         async for _ in self._redis.scan_iter(match=f"{self.prefix}:ill:*", count=1000):
             n += 1
         return n
+
+    async def ids(self) -> set[str]:
+        """Every stored id (SCAN over every node; for the full repair pass, not hot paths)."""
+        found: set[str] = set()
+        start = len(self.prefix) + len(":ill:{")
+        try:
+            async for key in self._redis.scan_iter(match=f"{self.prefix}:ill:*", count=1000):
+                found.add(key.decode()[start:-1])
+        except (RedisError, OSError) as e:
+            raise BackendUnavailable(self.name, f"metadata store scan failed: {e}; retry later") from None
+        return found
 
     async def ping(self) -> None:
         await self._call(self._redis.ping())

@@ -33,6 +33,13 @@ class VectorStore(Protocol):
     #: (image, text) dimensions once the collection is ready, else None.
     dims: tuple[int, int] | None
 
+    def index_params(self) -> dict[str, Any]:
+        if self.index_type == "HNSW":
+            return dict(self.hnsw)
+        if self.index_type.startswith("IVF"):
+            return {"nlist": self.ivf_nlist}
+        return {}
+
     async def ensure_collection(self, image_dim: int, text_dim: int) -> None: ...
     async def upsert(self, rows: list[VectorRow]) -> None: ...
     async def delete(self, ids: list[str]) -> None: ...
@@ -41,6 +48,7 @@ class VectorStore(Protocol):
     ) -> list[VectorHit]: ...
     async def get_vectors(self, ids: list[str], space: Space) -> dict[str, np.ndarray]: ...
     async def count(self) -> int: ...
+    async def ids(self) -> set[str]: ...
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -79,6 +87,8 @@ class MilvusVectorStore:
         hnsw_ef_construction: int = 200,
         hnsw_ef_search: int = 128,
         timeout_s: float = 10.0,
+        ivf_nlist: int = 1024,
+        ivf_nprobe: int = 32,
     ):
         self.uri = uri
         self.collection = collection
@@ -86,12 +96,16 @@ class MilvusVectorStore:
         self.index_type = index_type
         self.hnsw = {"M": hnsw_m, "efConstruction": hnsw_ef_construction}
         self.ef_search = hnsw_ef_search
+        self.ivf_nlist, self.ivf_nprobe = ivf_nlist, ivf_nprobe
         self.timeout_s = timeout_s
         self.is_lite = not uri.startswith(("http://", "https://", "tcp://", "unix:"))
         # One thread: Milvus Lite is one embedded engine; a server client is cheap to serialise too.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="milvus")
         self._client: Any = None
         self.dims: tuple[int, int] | None = None
+        self.active_index_type = index_type
+        self._upserts: list[tuple[list[dict[str, Any]], asyncio.Future[None]]] = []
+        self._drainer: asyncio.Task[None] | None = None
 
     # -- plumbing
     def _connect(self) -> Any:
@@ -147,15 +161,30 @@ class MilvusVectorStore:
             )
             schema.add_field("fields", DataType.JSON)
             index = client.prepare_index_params()
-            params = self.hnsw if self.index_type == "HNSW" else {}
+            params = self.index_params()
             for field_name in ("image_vector", "text_vector"):
                 index.add_index(field_name, index_type=self.index_type, metric_type="COSINE", params=params)
             client.create_collection(self.collection, schema=schema, index_params=index)
             log.info(
                 "created Milvus collection %s (%s, dims %d/%d)", self.collection, self.index_type, image_dim, text_dim
             )
+        existing = client.describe_index(self.collection, "image_vector").get("index_type")
+        if existing and existing != self.index_type:
+            log.warning(
+                "collection %s has a %s index, not the configured %s; the existing index stays (drop and "
+                "rebuild it, or index into a new ACG2VEC_MILVUS_COLLECTION, to change it)",
+                self.collection, existing, self.index_type,
+            )  # fmt: skip
+        self.active_index_type = existing or self.index_type
         client.load_collection(self.collection)
         self.dims = (image_dim, text_dim)
+
+    def index_params(self) -> dict[str, Any]:
+        if self.index_type == "HNSW":
+            return dict(self.hnsw)
+        if self.index_type.startswith("IVF"):
+            return {"nlist": self.ivf_nlist}
+        return {}
 
     async def ensure_collection(self, image_dim: int, text_dim: int) -> None:
         await self._run(self._ensure, image_dim, text_dim)
@@ -180,7 +209,31 @@ class MilvusVectorStore:
             }
             for r in rows
         ]
-        await self._run(lambda c: c.upsert(self.collection, data))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._upserts.append((data, future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain_upserts())
+        await future
+
+    def _upsert_rows(self, client: Any, rows: list[dict[str, Any]]) -> None:
+        client.upsert(self.collection, rows)
+
+    async def _drain_upserts(self) -> None:
+        """Coalesces concurrent upserts (e.g. the items of one indexing batch) into one Milvus call: what
+        arrives while a call runs goes out together in the next."""
+        while self._upserts:
+            waiting, self._upserts = self._upserts, []
+            merged = list({row["id"]: row for data, _ in waiting for row in data}.values())  # the later write wins
+            try:
+                await self._run(self._upsert_rows, merged)
+            except Exception as e:
+                for _, future in waiting:
+                    if not future.done():
+                        future.set_exception(e)
+            else:
+                for _, future in waiting:
+                    if not future.done():
+                        future.set_result(None)
 
     async def delete(self, ids: list[str]) -> None:
         self._require()
@@ -191,8 +244,10 @@ class MilvusVectorStore:
     ) -> list[VectorHit]:
         self._require()
         params: dict[str, Any] = {"metric_type": "COSINE"}
-        if self.index_type == "HNSW":
+        if self.active_index_type == "HNSW":
             params["params"] = {"ef": max(self.ef_search, limit + offset)}
+        elif self.active_index_type.startswith("IVF"):
+            params["params"] = {"nprobe": self.ivf_nprobe}
         result = await self._run(
             lambda c: c.search(
                 self.collection,
@@ -219,6 +274,22 @@ class MilvusVectorStore:
         self._require()
         rows = await self._run(lambda c: c.query(self.collection, filter="", output_fields=["count(*)"]))
         return int(rows[0]["count(*)"])
+
+    async def ids(self) -> set[str]:
+        """Every stored id (a query iterator; for the full repair pass, not hot paths)."""
+        self._require()
+
+        def scan(client: Any) -> set[str]:
+            found: set[str] = set()
+            iterator = client.query_iterator(self.collection, batch_size=4096, output_fields=["id"])
+            try:
+                while batch := iterator.next():
+                    found.update(row["id"] for row in batch)
+            finally:
+                iterator.close()
+            return found
+
+        return await self._run(scan)
 
     async def ping(self) -> None:
         await self._run(lambda c: c.has_collection(self.collection))

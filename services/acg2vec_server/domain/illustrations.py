@@ -95,6 +95,10 @@ def tag_text(record_tags: list, metadata: IllustrationMetadata) -> str:
     return ", ".join(words) or metadata.title or "illustration"
 
 
+def _version(record: IllustrationRecord | None) -> tuple[str, str] | None:
+    return None if record is None else (record.write_id, record.state)
+
+
 def to_row(record: IllustrationRecord) -> VectorRow:
     return VectorRow(
         record.id, record.image_vector, record.text_vector, record.rating,
@@ -111,6 +115,7 @@ class Illustrations:
         self.clock = clock
         self.fault_hook: Callable[[str], Awaitable[None]] | None = None
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._pending_seen: set[str] = set()
 
     def _lock(self, id: str) -> asyncio.Lock:
         lock = self._locks.get(id)
@@ -143,27 +148,65 @@ class Illustrations:
         await self.meta.remove_pending(record.id)
 
     async def _repair_one(self, id: str) -> None:
+        """Makes Milvus match the record, then settles the record. The record is read again after the Milvus
+        write: if another process rewrote it meanwhile, the row is written again, so that a stale row never
+        outlives the record it came from."""
         record = await self.meta.get(id)
-        if record is None:
-            await self.vectors.delete([id])
-        elif record.state == "deleting":
-            await self.vectors.delete([id])
+        for _ in range(10):
+            if record is None or record.state == "deleting":
+                await self.vectors.delete([id])
+            else:
+                await self.vectors.upsert([to_row(record)])
+            again = await self.meta.get(id)
+            if _version(again) == _version(record):
+                break
+            record = again
+        if record is not None and record.state == "deleting":
             await self.meta.delete(id)
-        else:
-            await self.vectors.upsert([to_row(record)])
-            if record.state != "committed":
-                await self.meta.set_state(id, "committed")
+        elif record is not None and record.state != "committed":
+            await self.meta.set_state(id, "committed")
         await self.meta.remove_pending(id)
 
-    async def repair(self) -> int:
-        """Finishes every interrupted write or delete; returns how many ids it repaired."""
-        ids = await self.meta.pending()
+    async def repair(self, ids: list[str] | None = None) -> int:
+        """Finishes interrupted writes and deletes (all pending ones, or these); returns how many it repaired."""
+        ids = await self.meta.pending() if ids is None else ids
         for id in ids:
             async with self._lock(id):
                 await self._repair_one(id)
         if ids:
             log.warning("repaired %d interrupted writes: %s", len(ids), ids[:20])
         return len(ids)
+
+    async def reconcile(self, chunk: int = 512) -> tuple[int, int]:
+        """The full pass (`acg2vec repair --full`): finishes pending work, then gives every committed record
+        whose row Milvus lacks (e.g. Milvus restored from an older backup) its row again, and removes rows
+        that have no record. Returns (rows restored, rows removed)."""
+        await self.repair()
+        stored, indexed = await self.meta.ids(), await self.vectors.ids()
+        restored = removed = 0
+        missing = sorted(stored - indexed)
+        for start in range(0, len(missing), chunk):
+            records = await self.meta.get_many(missing[start : start + chunk])
+            rows = [to_row(r) for r in records.values() if r.state == "committed"]  # others: repair's work
+            if rows:
+                await self.vectors.upsert(rows)
+                restored += len(rows)
+        for id in sorted(indexed - stored):
+            async with self._lock(id):
+                if await self.meta.get(id) is None:  # written meanwhile? then it is no orphan
+                    await self.vectors.delete([id])
+                    removed += 1
+        if restored or removed:
+            log.warning("full repair: restored %d vector rows, removed %d orphans", restored, removed)
+        return restored, removed
+
+    async def repair_stale(self) -> int:
+        """Repairs the ids that were already pending at the previous call (a write in progress is left alone);
+        the health monitor calls it every probe, so a write that failed part-way is finished within two."""
+        now = set(await self.meta.pending())
+        stale = sorted(now & self._pending_seen)
+        self._pending_seen = now - set(stale)
+        return await self.repair(stale) if stale else 0
 
     async def _current(self, id: str) -> IllustrationRecord | None:
         record = await self.meta.get(id)
@@ -175,28 +218,75 @@ class Illustrations:
     async def index(self, items: list[IndexItem]) -> list[IndexResult]:
         """Indexes items with batched inference; per-item errors are returned, not raised."""
         results = [IndexResult(item.id) for item in items]
-        todo: list[tuple[int, IndexItem, bytes]] = []
+        valid: list[tuple[int, IndexItem]] = []
         for i, item in enumerate(items):
             try:
                 inputs.check_id(item.id)
                 inputs.check_fields(item.metadata.fields)
-                todo.append((i, item, inputs.check_image(item.image, self.limits)))
+                valid.append((i, item))
             except Acg2vecError as e:
                 results[i].error = e
+        for i, record in await self._already_stored([item for _, item in valid]):
+            results[valid[i][0]].record, results[valid[i][0]].outcome = record, "unchanged"
+        valid = [(i, item) for i, item in valid if results[i].outcome is None]
+
+        def check_images() -> list[tuple[int, IndexItem, bytes]]:
+            checked = []
+            for i, item in valid:
+                try:
+                    checked.append((i, item, inputs.check_image(item.image, self.limits)))
+                except Acg2vecError as e:
+                    results[i].error = e
+            return checked
+
+        todo = await asyncio.to_thread(check_images)  # a full decode per image: off the event loop
         if not todo:
             return results
         images = [image for _, _, image in todo]
-        tags = await self.tagger.tag(images, TagOptions())
-        image_vectors = await self.models.embed_images(images)
+        tags, image_vectors = await asyncio.gather(
+            self.tagger.tag(images, TagOptions()), self.models.embed_images(images)
+        )
         text_vectors = await self.models.embed_texts(
             [tag_text(t.tags, item.metadata) for t, (_, item, _) in zip(tags, todo, strict=True)]
         )
-        for (i, item, _), t, iv, tv in zip(todo, tags, image_vectors, text_vectors, strict=True):
+
+        async def store(i: int, item: IndexItem, t, iv, tv) -> None:
             try:
                 results[i].record, results[i].outcome = await self._store(item, t, iv, tv)
             except Acg2vecError as e:
                 results[i].error = e
+
+        # Concurrently: the items' metadata writes share the Redis server's fsyncs (appendfsync always), and
+        # the per-id locks still order two items with the same id.
+        await asyncio.gather(
+            *(
+                store(i, item, t, iv, tv)
+                for (i, item, _), t, iv, tv in zip(todo, tags, image_vectors, text_vectors, strict=True)
+            )
+        )
         return results
+
+    async def _already_stored(self, items: list[IndexItem]) -> list[tuple[int, IllustrationRecord]]:
+        """Items whose committed record has the same image bytes, metadata and current models: these need
+        no inference (a resumed bulk run re-sends what it cannot know was stored; this makes that cheap)."""
+        if not items:
+            return []
+        stored = await self.meta.get_many([item.id for item in items])
+        same: list[tuple[int, IllustrationRecord]] = []
+        for i, item in enumerate(items):
+            record = stored.get(item.id)
+            if (
+                record is not None
+                and record.state == "committed"
+                and record.metadata == item.metadata
+                and record.content_sha256 == hashlib.sha256(item.image).hexdigest()
+            ):
+                same.append((i, record))
+        if not same:
+            return []
+        image = ModelRef(self.models.image, (await self.models.describe(self.models.image)).version)
+        text = ModelRef(self.models.text, (await self.models.describe(self.models.text)).version)
+        return [(i, r) for i, r in same if (r.image_model, r.text_model) == (image, text)]
 
     async def _store(self, item: IndexItem, tags, image_vector, text_vector) -> tuple[IllustrationRecord, Outcome]:
         sha = hashlib.sha256(item.image).hexdigest()
@@ -305,7 +395,7 @@ class Illustrations:
         has_more = len(page) > top_k
         page = page[:top_k]
         records = await self.meta.get_many([id for id, _ in page])
-        hits = [Hit(id, score, records[id]) for id, score in page if id in records]
+        hits = [Hit(id, score, records[id]) for id, score in page if id in records and records[id].state != "deleting"]
         token = encode_page_token(offset + top_k, fingerprint) if has_more else ""
         return SearchPage(hits, token, space, model)
 

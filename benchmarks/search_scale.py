@@ -1,0 +1,214 @@
+"""Search at scale through the gRPC service: recall@10 against exact search, QPS and p50/p99 latency with 1 and
+16 concurrent clients, over N synthetic vectors (prints numbers; not a test).
+
+The vectors are a Gaussian mixture (clusters, like real embeddings), L2-normalised, loaded through the
+adapters (MilvusVectorStore.upsert in batches, RedisMetadataStore.put of full records, vectors included) into
+Milvus Lite and the embedded Redis-protocol server; then `acg2vec serve` runs on that data with a model
+repository whose embedders have the production output sizes, and clients send raw-vector queries (queries:
+fresh points of the same mixture). Ground truth: exact cosine top-10 over all N in NumPy.
+
+    .venv/bin/python benchmarks/search_scale.py --n 100000
+    .venv/bin/python benchmarks/search_scale.py --n 1000000 --image-dim 512 --text-dim 512
+
+The data set is cached under --data-dir (default .cache/bench/search-<n>-<dims>-<index>): a rerun only queries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _search_common import ROOT, ServerProcess, percentiles, process_tree_rss_mb, shaped_repository
+
+CHUNK = 10_000
+
+
+def mixture(n: int, dim: int, seed: int, clusters: int = 2000, spread: float = 0.6) -> np.ndarray:
+    """n unit vectors from a fixed mixture of `clusters` Gaussian clusters (chunks are reproducible by seed)."""
+    centers = np.random.default_rng(12345).standard_normal((clusters, dim)).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    x = centers[rng.integers(0, clusters, n)] + spread * rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def chunk(i: int, n: int, dim: int) -> np.ndarray:
+    return mixture(min(CHUNK, n - i * CHUNK), dim, seed=1000 + i)
+
+
+async def load(args: argparse.Namespace, data: Path) -> None:
+    from acg2vec_server.backends.embedded_redis import EmbeddedRedis
+    from acg2vec_server.backends.metadata import RedisMetadataStore
+    from acg2vec_server.backends.vectors import MilvusVectorStore
+    from acg2vec_server.domain.illustrations import to_row
+    from acg2vec_server.domain.types import IllustrationMetadata, IllustrationRecord, ModelRef, TagScore
+
+    redis = EmbeddedRedis(data / "redis")
+    redis.start(timeout_s=1800)
+    # Bulk load only: fsync the append-only file once a second instead of on every write (this disk needs ~10 ms
+    # per fsync); the server itself runs with the embedded default, appendfsync always.
+    import redis as redis_py
+
+    redis_py.Redis.from_url(redis.url).config_set("appendfsync", "everysec")
+    meta = RedisMetadataStore(redis.url)
+    vectors = MilvusVectorStore(
+        str(data / "milvus.db"), "acg2vec_illustrations", index_type=args.index, hnsw_m=args.m,
+        hnsw_ef_construction=args.ef_construction,
+    )  # fmt: skip
+    await vectors.ensure_collection(args.image_dim, args.text_dim)
+    start = time.perf_counter()
+    rng = np.random.default_rng(7)
+    tag_pool = [f"tag_{i}" for i in range(200)]
+    for c in range((args.n + CHUNK - 1) // CHUNK):
+        image = chunk(c, args.n, args.image_dim)
+        text = mixture(len(image), args.text_dim, seed=5000 + c)
+        records = [
+            IllustrationRecord(
+                id=f"syn-{c * CHUNK + j}",
+                metadata=IllustrationMetadata(title=f"synthetic {c * CHUNK + j}"),
+                tags=[TagScore(t, 0.9, "general") for t in rng.choice(tag_pool, 5, replace=False)],
+                rating=("general", "sensitive")[j % 2],
+                content_sha256="0" * 64,
+                image_vector=image[j],
+                text_vector=text[j],
+                image_model=ModelRef("illust2vec", 1),
+                text_model=ModelRef("acgvoc2vec", 1),
+                create_time=0.0,
+                update_time=0.0,
+            )
+            for j in range(len(image))
+        ]
+        for k in range(0, len(records), 500):
+            await meta.put_many(records[k : k + 500])
+        for k in range(0, len(records), 2000):
+            await vectors.upsert([to_row(r) for r in records[k : k + 2000]])
+        done = c * CHUNK + len(image)
+        print(f"\rloaded {done}/{args.n} ({done / (time.perf_counter() - start):.0f}/s)", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    await vectors.close()
+    await meta.close()
+    redis.stop()
+    print(json.dumps({"load_s": round(time.perf_counter() - start, 1), "n": args.n}))
+
+
+def ground_truth(queries: np.ndarray, n: int, dim: int, k: int = 10) -> list[list[str]]:
+    best_scores = np.full((len(queries), 0), -np.inf, np.float32)
+    best_ids = np.zeros((len(queries), 0), np.int64)
+    for c in range((n + CHUNK - 1) // CHUNK):
+        scores = queries @ chunk(c, n, dim).T
+        ids = np.arange(c * CHUNK, c * CHUNK + scores.shape[1])[None, :].repeat(len(queries), 0)
+        all_scores, all_ids = np.concatenate([best_scores, scores], 1), np.concatenate([best_ids, ids], 1)
+        top = np.argsort(-all_scores, axis=1)[:, :k]
+        best_scores, best_ids = np.take_along_axis(all_scores, top, 1), np.take_along_axis(all_ids, top, 1)
+    return [[f"syn-{i}" for i in row] for row in best_ids]
+
+
+async def measure(target: str, queries: np.ndarray, truth: list[list[str]], concurrency: int, seconds: float,
+                  rerank: bool) -> dict[str, float]:  # fmt: skip
+    import grpc
+
+    from acg2vec.v1 import search_pb2, search_pb2_grpc
+
+    latencies: list[float] = []
+    recalls: list[float] = []
+    async with grpc.aio.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
+        stub = search_pb2_grpc.SearchServiceStub(channel)
+        requests = [
+            search_pb2.SearchRequest(
+                vector=search_pb2.VectorQuery(values=q.tolist(), space=search_pb2.VECTOR_SPACE_IMAGE),
+                top_k=10,
+                exact_rerank=rerank,
+            )
+            for q in queries
+        ]
+        await stub.Search(requests[0])  # warm-up
+        stop = time.perf_counter() + seconds
+        next_query = 0
+
+        async def client() -> None:
+            nonlocal next_query
+            while time.perf_counter() < stop:
+                i = next_query % len(requests)
+                next_query += 1
+                t0 = time.perf_counter()
+                response = await stub.Search(requests[i])
+                latencies.append(time.perf_counter() - t0)
+                if len(recalls) < len(requests):
+                    recalls.append(len({h.id for h in response.hits} & set(truth[i])) / 10)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    return {
+        "clients": concurrency, "qps": round(len(latencies) / elapsed, 1), "requests": len(latencies),
+        "recall@10": round(float(np.mean(recalls)), 4), **{k: round(v, 2) for k, v in percentiles(latencies).items()},
+    }  # fmt: skip
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--image-dim", type=int, default=512, help="the default illust2vec's output size")
+    parser.add_argument("--text-dim", type=int, default=512, help="the default acgvoc2vec's output size")
+    parser.add_argument("--index", default="HNSW", choices=["HNSW", "FLAT", "IVF_FLAT", "IVF_SQ8"])
+    parser.add_argument("--m", type=int, default=16)
+    parser.add_argument("--ef-construction", type=int, default=200)
+    parser.add_argument("--ef", type=int, default=128, help="HNSW ef at search time (ACG2VEC_HNSW_EF_SEARCH)")
+    parser.add_argument("--nprobe", type=int, default=32)
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--seconds", type=float, default=20.0, help="per concurrency level")
+    parser.add_argument("--clients", default="1,16")
+    parser.add_argument("--rerank", action="store_true", help="also measure exact_rerank=true")
+    parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--reload", action="store_true", help="drop the cached data set and load again")
+    args = parser.parse_args()
+    data = args.data_dir or ROOT / ".cache" / "bench" / f"search-{args.n}-{args.image_dim}-{args.text_dim}-{args.index}"
+    if args.reload and data.exists():
+        shutil.rmtree(data)
+    data.mkdir(parents=True, exist_ok=True)
+    if not (data / ".loaded").exists():
+        await load(args, data)
+        (data / ".loaded").write_text("ok")
+    models = shaped_repository(ROOT / ".cache" / "bench" / f"models-{args.image_dim}-{args.text_dim}",
+                               args.image_dim, args.text_dim)  # fmt: skip
+    queries = mixture(args.queries, args.image_dim, seed=99)
+    t0 = time.perf_counter()
+    truth = ground_truth(queries, args.n, args.image_dim)
+    print(json.dumps({"exact_search_s_per_query_numpy": round((time.perf_counter() - t0) / len(queries), 4)}))
+
+    from acg2vec_server.backends.embedded_redis import EmbeddedRedis
+
+    redis = EmbeddedRedis(data / "redis")
+    redis.start(timeout_s=1800)  # reading a large append-only file back takes a while
+    server = ServerProcess(
+        data / "server.log", data_dir=data, model_repository=models, redis_url=redis.url,
+        milvus_index_type=args.index, hnsw_ef_search=args.ef, ivf_nprobe=args.nprobe, max_top_k=1000,
+    )  # fmt: skip
+    try:
+        t0 = time.perf_counter()
+        await server.wait_serving("acg2vec.v1.SearchService")
+        print(json.dumps({"server_ready_s": round(time.perf_counter() - t0, 1)}))
+        results = []
+        for concurrency in [int(c) for c in args.clients.split(",")]:
+            for rerank in (False, True) if args.rerank else (False,):
+                result = await measure(server.target, queries, truth, concurrency, args.seconds, rerank)
+                result |= {"n": args.n, "dim": args.image_dim, "index": args.index, "rerank": rerank}
+                results.append(result)
+                print(json.dumps(result))
+        assert redis._process is not None
+        redis_mb = process_tree_rss_mb(redis._process.pid)
+        print(json.dumps({"server_rss_mb": round(server.rss_mb()), "redis_rss_mb": round(redis_mb)}))
+    finally:
+        server.stop()
+        redis.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
