@@ -131,3 +131,18 @@ def split_by_image(
     random.Random(seed).shuffle(ordered)
     cut = round(len(ordered) * (1 - held_out))
     return ordered[:cut], ordered[cut:]
+
+
+def unique_images(records: Sequence[ClipartRecord]) -> list[ClipartRecord]:
+    """One record per distinct picture, sorted by id. The archive files about 1,200 pictures under several
+    categories as symbolic links to one PNG; their tags are merged, the first id (by name) is kept, so that a
+    picture never sits on both sides of a split nor twice in a retrieval gallery."""
+    groups: dict[str, list[ClipartRecord]] = {}
+    for record in sorted(records, key=lambda r: r.id):
+        groups.setdefault(str(Path(record.image).resolve()), []).append(record)
+    merged = []
+    for group in groups.values():
+        tags = list(dict.fromkeys(tag for record in group for tag in record.tags))
+        first = group[0]
+        merged.append(ClipartRecord(id=first.id, image=first.image, tags=tags, title=first.title, artist=first.artist))
+    return sorted(merged, key=lambda r: r.id)
