@@ -44,7 +44,8 @@ def extract(
     desc: str = "features",
 ) -> dict[str, np.ndarray]:
     """Applies `model` (normalised batch -> tensor or dict of tensors) to every source, in order."""
-    run = tf.function(model, reduce_retracing=True)
+    signature = [tf.TensorSpec((None, prep.size, prep.size, 3), tf.float32)]
+    run = tf.function(model, input_signature=signature)  # one trace, whatever the last batch's size
     chunks: dict[str, list[np.ndarray]] = {}
     with tqdm(total=len(sources), desc=desc, unit="img", mininterval=2.0) as bar:
         for batch in dataset(sources, prep, batch_size):
