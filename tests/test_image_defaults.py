@@ -8,16 +8,17 @@ import pytest
 
 from acg2vec.v1 import common_pb2, image_feature_pb2, image_feature_pb2_grpc, tagging_pb2, tagging_pb2_grpc
 from acg2vec_models import repository
+from acg2vec_models.dev import build_dev_models
 from acg2vec_models.image.defaults import MARKER, build_default_image_models
 from acg2vec_models.image.heads import ProjectionSpec
 from acg2vec_server.app import Application
 from tests.conftest import make_settings
-from tests.helpers import ROOT, SAMPLE_PNG, SHARED_IMAGES, copy_repository
+from tests.helpers import ROOT, SAMPLE_PNG, SHARED_IMAGES
 
 LIMIT = 20
 
 
-async def test_build_defaults_on_a_subset_is_served_with_tags_rating_and_features(tmp_path, model_repo, redis_server):
+async def test_build_defaults_on_a_subset_is_served_with_tags_rating_and_features(tmp_path, redis_server):
     root = tmp_path / "models"
     paths = build_default_image_models(root, limit=LIMIT, cache_dir=ROOT / ".cache")
     assert set(paths) == {"tagger", "illust2vec"} and (root / MARKER).exists()
@@ -25,7 +26,7 @@ async def test_build_defaults_on_a_subset_is_served_with_tags_rating_and_feature
     # a second run only checks: same versions, nothing new written
     assert build_default_image_models(root, limit=LIMIT, cache_dir=ROOT / ".cache") == paths
     assert repository.versions(root, "tagger") == [int(paths["tagger"].name)]
-    copy_repository(model_repo, root, only=["acgvoc2vec"])  # the text half is not under test here
+    build_dev_models(root, parts=("acgvoc2vec",))  # the text half is not under test here
     repository.write_models_config(root)
 
     app = Application(make_settings(tmp_path / "data", root, redis_server.url))

@@ -12,25 +12,17 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from acg2vec_models.preprocessing import ImagePreprocessing, preprocess_batch, preprocess_batch_multi
+from acg2vec_models.preprocessing import ImagePreprocessing, preprocess_batch
 from acg2vec_models.vocab import TagEntry, validate
 
 IMAGE_INPUT = tf.TensorSpec([None], tf.string, name="image_bytes")
 TEXT_INPUT = tf.TensorSpec([None], tf.string, name="text")
-#: One preprocessing, or one per input of a model with several backbones (the image is decoded once).
-Prep = ImagePreprocessing | tuple[ImagePreprocessing, ...]
-
-
-def _preprocess(image_bytes: tf.Tensor, prep: Prep) -> tf.Tensor | list[tf.Tensor]:
-    if isinstance(prep, ImagePreprocessing):
-        return preprocess_batch(image_bytes, prep)
-    return list(preprocess_batch_multi(image_bytes, prep))
 
 
 class _ImageModule(tf.Module):
     """Holds a Keras model and its preprocessing; outputs are named by `outputs`."""
 
-    def __init__(self, model: keras.Model, prep: Prep, outputs: Callable[[object], dict[str, tf.Tensor]]):
+    def __init__(self, model: keras.Model, prep: ImagePreprocessing, outputs: Callable[[object], dict[str, tf.Tensor]]):
         super().__init__()
         self.model = model
         self._prep = prep
@@ -38,7 +30,7 @@ class _ImageModule(tf.Module):
 
     @tf.function(input_signature=[IMAGE_INPUT])
     def serve(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-        return self._outputs(self.model(_preprocess(image_bytes, self._prep), training=False))
+        return self._outputs(self.model(preprocess_batch(image_bytes, self._prep), training=False))
 
 
 def _write(module: tf.Module, signatures: dict[str, Callable[..., object]], path: Path) -> Path:
@@ -53,7 +45,7 @@ def _write(module: tf.Module, signatures: dict[str, Callable[..., object]], path
     return path
 
 
-def export_tagger(model: keras.Model, prep: Prep, tags: Sequence[TagEntry], path: Path) -> Path:
+def export_tagger(model: keras.Model, prep: ImagePreprocessing, tags: Sequence[TagEntry], path: Path) -> Path:
     """Tagger: serving_default(image_bytes) -> scores[N,T]; labels() -> names, categories."""
     validate(tags)
     module = _ImageModule(model, prep, lambda y: {"scores": tf.cast(y, tf.float32)})
@@ -66,7 +58,7 @@ def export_tagger(model: keras.Model, prep: Prep, tags: Sequence[TagEntry], path
     return _write(module, {"serving_default": module.serve, "labels": labels}, path)
 
 
-def export_image_embedder(model: keras.Model, prep: Prep, path: Path) -> Path:
+def export_image_embedder(model: keras.Model, prep: ImagePreprocessing, path: Path) -> Path:
     """illust2vec-style encoder: serving_default(image_bytes) -> embedding[N,D] (not normalised)."""
     module = _ImageModule(model, prep, lambda y: {"embedding": tf.cast(y, tf.float32)})
     return _write(module, {"serving_default": module.serve}, path)

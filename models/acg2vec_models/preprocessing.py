@@ -85,25 +85,3 @@ def preprocess_batch(image_bytes: tf.Tensor, prep: ImagePreprocessing) -> tf.Ten
         fn_output_signature=tf.TensorSpec((prep.size, prep.size, 3), tf.float32),
         parallel_iterations=8,
     )
-
-
-def preprocess_batch_multi(image_bytes: tf.Tensor, preps: tuple[ImagePreprocessing, ...]) -> tuple[tf.Tensor, ...]:
-    """Like preprocess_batch for a model with several backbones: each image is decoded once, then resized and
-    normalised once per backbone, each with its own preprocessing."""
-
-    def one(encoded: tf.Tensor) -> tuple[tf.Tensor, ...]:
-        rgb = decode_rgb(encoded)
-        out = []
-        for prep in preps:
-            image = resize_image(rgb, prep)
-            if prep.channels == "BGR":
-                image = image[..., ::-1]
-            out.append((image - prep.offset) / prep.scale)
-        return tuple(out)
-
-    return tf.map_fn(
-        one,
-        image_bytes,
-        fn_output_signature=tuple(tf.TensorSpec((p.size, p.size, 3), tf.float32) for p in preps),
-        parallel_iterations=8,
-    )

@@ -25,25 +25,30 @@ import numpy as np
 
 from acg2vec_models import repository as repo
 from acg2vec_models.datasets import openclipart
-from acg2vec_models.image.heads import DescriptorSpec, ProjectionSpec, TagHeadSpec
+from acg2vec_models.image.descriptor import DescriptorSpec
+from acg2vec_models.image.heads import ProjectionSpec, TagHeadSpec
 
 NAMES = ("tagger", "illust2vec")
 MARKER = ".image-defaults.json"
 _HERE = Path(__file__).resolve().parent
 #: The code whose change must rebuild the models (besides the recipe's parameters).
-_RECIPE_CODE = (
-    _HERE / "defaults.py",
-    _HERE / "heads.py",
+#: What the cached backbone features depend on (besides the images and the recipe's descriptor).
+_FEATURE_CODE = (
     _HERE / "efficientnet_lite.py",
-    _HERE / "nsfwjs.py",
     _HERE / "torch_state_dict.py",
+    _HERE / "descriptor.py",
     _HERE / "features.py",
     _HERE / "near_duplicates.py",
+    _HERE / "serving.py",
     _HERE.parent / "preprocessing.py",
-    _HERE.parent / "export.py",
+)
+_RECIPE_CODE = (
+    *_FEATURE_CODE,
+    _HERE / "defaults.py",
+    _HERE / "heads.py",
+    _HERE / "nsfwjs.py",
     _HERE.parent / "datasets" / "openclipart.py",
 )
-_FEATURE_CODE = _RECIPE_CODE[2:8]
 
 
 @dataclass(frozen=True)
@@ -160,18 +165,6 @@ def backbone(recipe: Recipe, pretrained: bool = True):
     return efficientnet_lite.build_lite0(taps=taps)
 
 
-def feature_model(lite0, recipe: Recipe):
-    """Normalised image -> {"descriptor": retrieval descriptor, "pooled": the head's average pool (tag head)}."""
-    import keras
-    from keras import layers
-
-    from acg2vec_models.image.heads import descriptor_model
-
-    image = keras.Input(lite0.input_shape[1:], name="image")
-    pooled = layers.GlobalAveragePooling2D()(lite0(image)["head"])
-    return keras.Model(image, {"descriptor": descriptor_model(lite0, recipe.descriptor)(image), "pooled": pooled})
-
-
 def _cached(path: Path, compute) -> dict[str, np.ndarray]:
     if path.exists():
         with np.load(path) as data:
@@ -236,13 +229,14 @@ class Trained:
 
 def train(recipe: Recipe, cache_dir: Path, dataset: Dataset | None = None) -> Trained:
     from acg2vec_models.image import nsfwjs
+    from acg2vec_models.image.descriptor import feature_model
     from acg2vec_models.image.heads import train_projection, train_tag_head
 
     dataset = dataset or load_dataset(cache_dir, recipe)
     _log(f"{len(dataset.train)} train images, {len(dataset.vocabulary)} tags; fetching nsfwjs {nsfwjs.VERSION}")
     nsfw = nsfwjs.load_model("mobilenet_v2", cache_dir / "packages" / "npm")
     lite0 = backbone(recipe)
-    clean, view = train_features(feature_model(lite0, recipe), dataset.train, recipe, cache_dir)
+    clean, view = train_features(feature_model(lite0, recipe.descriptor), dataset.train, recipe, cache_dir)
     _log("training the retrieval projection and the tag head")
     anchors = np.tile(clean["descriptor"], (recipe.views_per_image, 1))
     projection = train_projection(anchors, view["descriptor"], recipe.projection)
@@ -253,7 +247,7 @@ def train(recipe: Recipe, cache_dir: Path, dataset: Dataset | None = None) -> Tr
 def illust2vec_model(trained: Trained, recipe: Recipe):
     import keras
 
-    from acg2vec_models.image.heads import descriptor_model
+    from acg2vec_models.image.descriptor import descriptor_model
 
     image = keras.Input(trained.lite0.input_shape[1:], name="image")  # type: ignore[attr-defined]
     embedding = trained.projection(descriptor_model(trained.lite0, recipe.descriptor)(image))  # type: ignore[operator]
@@ -280,9 +274,9 @@ def tagger_model(trained: Trained):
 
 
 def export(trained: Trained, recipe: Recipe, root: Path) -> dict[str, Path]:
-    from acg2vec_models.export import export_image_embedder, export_tagger
     from acg2vec_models.image import efficientnet_lite, nsfwjs
     from acg2vec_models.image.heads import RATING_TAGS
+    from acg2vec_models.image.serving import export_embedder, export_tagger
     from acg2vec_models.vocab import TagEntry
 
     labels = [TagEntry(t, "general") for t in trained.vocabulary] + [TagEntry(r, "rating") for r in RATING_TAGS]
@@ -294,7 +288,7 @@ def export(trained: Trained, recipe: Recipe, root: Path) -> dict[str, Path]:
             labels,
             repo.next_version_dir(root, "tagger"),
         ),
-        "illust2vec": export_image_embedder(
+        "illust2vec": export_embedder(
             illust2vec_model(trained, recipe), prep, repo.next_version_dir(root, "illust2vec")
         ),
     }

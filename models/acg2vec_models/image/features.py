@@ -1,5 +1,5 @@
-"""Runs a Keras image model over many encoded images with the serving graph's own preprocessing (decode,
-composite on white, resize, normalise: `acg2vec_models.preprocessing`), decoding in parallel with tf.data.
+"""Runs a Keras image model over many encoded images with the default models' serving preprocessing (decode,
+composite on white, bilinear resize, normalise: `image.serving`), decoding in parallel with tf.data.
 
 Used to cache frozen-backbone features for training the default heads and for the benchmarks.
 """
@@ -13,16 +13,10 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from acg2vec_models.preprocessing import ImagePreprocessing, decode_rgb, resize_image
+from acg2vec_models.image.serving import preprocess_image
+from acg2vec_models.preprocessing import ImagePreprocessing
 
 Source = bytes | str | Path
-
-
-def _normalise(image: tf.Tensor, prep: ImagePreprocessing) -> tf.Tensor:
-    image = resize_image(decode_rgb(image), prep)
-    if prep.channels == "BGR":
-        image = image[..., ::-1]
-    return (image - prep.offset) / prep.scale
 
 
 def dataset(sources: Sequence[Source], prep: ImagePreprocessing, batch_size: int) -> tf.data.Dataset:
@@ -32,7 +26,7 @@ def dataset(sources: Sequence[Source], prep: ImagePreprocessing, batch_size: int
     else:
         paths = [str(s) for s in sources]
         ds = tf.data.Dataset.from_tensor_slices(tf.constant(paths, dtype=tf.string)).map(tf.io.read_file)
-    ds = ds.map(lambda b: _normalise(b, prep), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(lambda b: preprocess_image(b, [prep])[0], num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(batch_size).prefetch(2)
 
 

@@ -1,10 +1,6 @@
-"""The trained parts of the default image models, on a frozen pretrained backbone: pooled multi-layer descriptors
-(with an exact mirror invariance), a projection trained contrastively for near-duplicate retrieval, a multi-label
-tag head, and the fixed map from nsfwjs' classes to rating tags.
-
-Everything here trains on cached backbone features in seconds on a CPU; the export wraps the same layers around
-the backbone so that the SavedModel computes exactly what was trained on.
-"""
+"""The trained parts of the default image models, on a frozen pretrained backbone's cached features: a projection
+trained contrastively for near-duplicate retrieval, a multi-label tag head, and the fixed map from nsfwjs'
+classes to rating tags. Each trains in seconds on a CPU."""
 
 from __future__ import annotations
 
@@ -14,7 +10,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 import tensorflow as tf
-from keras import layers, ops
+from keras import layers
 
 #: nsfwjs class -> rating tag. openclipart has no rating labels, so the rating comes from nsfwjs MobileNetV2:
 #: pictures it calls drawings or neutral photos are "general", suggestive ones ("Sexy") "sensitive", and
@@ -36,76 +32,6 @@ def rating_matrix(classes: Sequence[str]) -> np.ndarray:
     for i, name in enumerate(classes):
         matrix[i, RATING_TAGS.index(RATING_FROM_NSFWJS[name])] = 1.0
     return matrix
-
-
-# ----------------------------------------------------------------------------------------------- pooling
-@keras.saving.register_keras_serializable("acg2vec")
-class GeMPool(layers.Layer):
-    """Generalised-mean pooling over the spatial axes of a non-negative map (p=1 is average pooling)."""
-
-    def __init__(self, p: float = 3.0, **kwargs):
-        super().__init__(**kwargs)
-        self.p = p
-
-    def call(self, x):
-        x = ops.maximum(x, 1e-6)
-        return ops.power(ops.mean(ops.power(x, self.p), axis=(1, 2)), 1.0 / self.p)
-
-    def get_config(self):
-        return {**super().get_config(), "p": self.p}
-
-
-@keras.saving.register_keras_serializable("acg2vec")
-class MirrorImage(layers.Layer):
-    """Flips a batch of images left-right."""
-
-    def call(self, x):
-        return ops.flip(x, axis=2)
-
-
-@keras.saving.register_keras_serializable("acg2vec")
-class PartNormalise(layers.Layer):
-    """L2-normalises each consecutive part of the last axis (one part per pooled layer) and concatenates."""
-
-    def __init__(self, sizes: Sequence[int], **kwargs):
-        super().__init__(**kwargs)
-        self.sizes = list(sizes)
-
-    def call(self, x):
-        parts, start = [], 0
-        for size in self.sizes:
-            part = x[:, start : start + size]
-            parts.append(part / ops.maximum(ops.norm(part, axis=-1, keepdims=True), 1e-12))
-            start += size
-        return ops.concatenate(parts, axis=-1)
-
-    def get_config(self):
-        return {**super().get_config(), "sizes": self.sizes}
-
-
-@dataclass(frozen=True)
-class DescriptorSpec:
-    """Which backbone maps are pooled into the retrieval descriptor, and how."""
-
-    taps: tuple[str, ...] = ("head", "block14", "block10")
-    gem_p: float = 3.0
-    mirror_average: bool = True
-
-
-def raw_descriptor(maps: dict[str, keras.KerasTensor], spec: DescriptorSpec) -> keras.KerasTensor:
-    """Concatenated GeM-pooled maps (block outputs have no activation: their positive part is pooled)."""
-    pooled = [GeMPool(spec.gem_p)(layers.ReLU()(maps[tap])) for tap in spec.taps]
-    return layers.Concatenate()(pooled) if len(pooled) > 1 else pooled[0]
-
-
-def descriptor_model(backbone: keras.Model, spec: DescriptorSpec) -> keras.Model:
-    """Normalised image -> descriptor (each pooled part L2-normalised; mirror-averaged if the spec says so)."""
-    image = keras.Input(backbone.input_shape[1:], name="image")
-    desc = raw_descriptor(backbone(image), spec)
-    if spec.mirror_average:
-        desc = layers.Add()([desc, raw_descriptor(backbone(MirrorImage()(image)), spec)])
-    sizes = [int(backbone.output[tap].shape[-1]) for tap in spec.taps]
-    return keras.Model(image, PartNormalise(sizes)(desc), name="descriptor")
 
 
 # ------------------------------------------------------------------------------------------- projection
@@ -164,7 +90,7 @@ def train_projection(anchors: np.ndarray, positives: np.ndarray, spec: Projectio
 # --------------------------------------------------------------------------------------------- tag head
 @dataclass(frozen=True)
 class TagHeadSpec:
-    hidden: int = 0
+    hidden: int = 512
     epochs: int = 40
     batch_size: int = 128
     learning_rate: float = 1e-3
