@@ -189,13 +189,8 @@ def views(records: list[openclipart.ClipartRecord], recipe: Recipe) -> list[byte
     return out
 
 
-def train_features(
-    model, records: list[openclipart.ClipartRecord], recipe: Recipe, cache_dir: Path, tag: str = "lite0"
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(clean, views) backbone features of the train records, cached under cache_dir/features."""
-    from acg2vec_models.image.efficientnet_lite import PREPROCESSING
-    from acg2vec_models.image.features import extract
-
+def feature_cache_dir(records: list[openclipart.ClipartRecord], recipe: Recipe, cache_dir: Path, tag: str) -> Path:
+    """Where the features of these records live: keyed by the images, the descriptor, the views and the code."""
     key = _digest(
         [
             json.dumps([tag, asdict(recipe.descriptor), recipe.view_seed, recipe.views_per_image]).encode(),
@@ -203,7 +198,17 @@ def train_features(
             *(p.read_bytes() for p in _FEATURE_CODE),
         ]
     )
-    folder = cache_dir / "features" / key
+    return cache_dir / "features" / key
+
+
+def train_features(
+    model, records: list[openclipart.ClipartRecord], recipe: Recipe, cache_dir: Path, tag: str = "lite0"
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(clean, views) backbone features of the train records, cached under cache_dir/features."""
+    from acg2vec_models.image.efficientnet_lite import PREPROCESSING
+    from acg2vec_models.image.features import extract
+
+    folder = feature_cache_dir(records, recipe, cache_dir, tag)
     clean = _cached(
         folder / "clean.npz",
         lambda: extract(model, [r.image for r in records], PREPROCESSING, recipe.batch_size, "train images"),

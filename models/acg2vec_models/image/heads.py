@@ -40,7 +40,7 @@ class ProjectionSpec:
     dim: int = 512
     epochs: int = 60
     batch_size: int = 512
-    temperature: float = 0.05
+    temperature: float = 0.1
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     seed: int = 0
