@@ -59,7 +59,10 @@ def fetch(cache_dir: Path | None = None) -> Path:
     with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
         result = subprocess.run(["apt-get", "download", *PACKAGES], cwd=tmp, capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(f"apt-get download {' '.join(PACKAGES)} failed: {result.stderr.strip()}")
+            raise RuntimeError(
+                f"apt-get download {' '.join(PACKAGES)} failed: {result.stderr.strip()} "
+                "(on a fresh machine or container, run `apt-get update` first)"
+            )
         for deb in sorted(Path(tmp).glob("*.deb")):
             subprocess.run(["dpkg-deb", "-x", str(deb), str(cache_dir / "root")], check=True)
     records = scan(cache_dir / "root" / "usr" / "share" / "openclipart")
