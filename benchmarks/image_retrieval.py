@@ -133,11 +133,13 @@ def main() -> None:
         return
     train_rows = np.array([position[r.id] for r in data.train])
     v = cached(cache / "views.npz", lambda: extract(fn, views(data.train, recipe), prep, 32, "views"))
-    use_mirror = mirror and recipe.descriptor.mirror_average
+    use_mirror = recipe.descriptor.mirror_average
+    if use_mirror and not mirror:
+        raise SystemExit("the recipe averages with the mirrored image: run without --no-mirror")
     gallery_d = descriptor(g, taps, use_mirror)
     projection = train_projection(gallery_d[train_rows], descriptor(v, taps, use_mirror), recipe.projection)
     project = lambda x: np.asarray(projection(x))  # noqa: E731
-    label = "the default illust2vec" if args.backbone == "lite0" and use_mirror else "the default recipe"
+    label = "the default illust2vec" if args.backbone == "lite0" else "the default recipe"
     report(
         f"+ projection {recipe.projection.dim} ({label})", project(gallery_d), project(descriptor(q, taps, use_mirror))
     )

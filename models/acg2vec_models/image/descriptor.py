@@ -62,7 +62,7 @@ class DescriptorSpec:
 
     taps: tuple[str, ...] = ("head", "block14", "block10")
     gem_p: float = 3.0
-    mirror_average: bool = True
+    mirror_average: bool = False
 
 
 def raw_descriptor(maps: dict[str, keras.KerasTensor], spec: DescriptorSpec) -> keras.KerasTensor:
