@@ -1,6 +1,7 @@
-"""The retrieval descriptor on a backbone: GeM-pooled maps of several layers, each L2-normalised, summed with the
-mirrored image's before normalising (an exact left-right mirror invariance). Changing this file changes the
-cached features (see defaults.py), so it holds only what the features depend on.
+"""The retrieval descriptor on a backbone: GeM-pooled maps of several layers, each part L2-normalised; optionally
+(`mirror_average`) the pooled maps are summed with the mirrored image's first, an exact left-right invariance at
+twice the cost. Changing this file changes the cached features (see defaults.py), so it holds only what the
+features depend on.
 """
 
 from __future__ import annotations
