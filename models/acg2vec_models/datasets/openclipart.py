@@ -59,7 +59,10 @@ def fetch(cache_dir: Path | None = None) -> Path:
     with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
         result = subprocess.run(["apt-get", "download", *PACKAGES], cwd=tmp, capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(f"apt-get download {' '.join(PACKAGES)} failed: {result.stderr.strip()}")
+            raise RuntimeError(
+                f"apt-get download {' '.join(PACKAGES)} failed: {result.stderr.strip()} "
+                "(on a fresh machine or container, run `apt-get update` first)"
+            )
         for deb in sorted(Path(tmp).glob("*.deb")):
             subprocess.run(["dpkg-deb", "-x", str(deb), str(cache_dir / "root")], check=True)
     records = scan(cache_dir / "root" / "usr" / "share" / "openclipart")
@@ -131,3 +134,18 @@ def split_by_image(
     random.Random(seed).shuffle(ordered)
     cut = round(len(ordered) * (1 - held_out))
     return ordered[:cut], ordered[cut:]
+
+
+def unique_images(records: Sequence[ClipartRecord]) -> list[ClipartRecord]:
+    """One record per distinct picture, sorted by id. The archive files about 1,200 pictures under several
+    categories as symbolic links to one PNG; their tags are merged, the first id (by name) is kept, so that a
+    picture never sits on both sides of a split nor twice in a retrieval gallery."""
+    groups: dict[str, list[ClipartRecord]] = {}
+    for record in sorted(records, key=lambda r: r.id):
+        groups.setdefault(str(Path(record.image).resolve()), []).append(record)
+    merged = []
+    for group in groups.values():
+        tags = list(dict.fromkeys(tag for record in group for tag in record.tags))
+        first = group[0]
+        merged.append(ClipartRecord(id=first.id, image=first.image, tags=tags, title=first.title, artist=first.artist))
+    return sorted(merged, key=lambda r: r.id)
