@@ -183,5 +183,10 @@ def tfserving_emulator(repository: Path | None, listen: str) -> None:
     asyncio.run(run())
 
 
+from acg2vec_server import cli_models  # noqa: E402  (image model import and training commands)
+
+models.add_command(cli_models.import_model)
+main.add_command(cli_models.train)
+
 if __name__ == "__main__":
     main()
