@@ -192,14 +192,15 @@ def import_deepdanbooru(
 ) -> dict[str, Path]:
     """Writes the tagger and illust2vec (cut at add_43 + pooling) as new versions into the repository."""
     from acg2vec_models.export import export_image_embedder, export_tagger
-    from acg2vec_models.image.deepdanbooru import build_illust2vec
+    from acg2vec_models.image.folding import fold_tagger_family
     from acg2vec_models.preprocessing import deepdanbooru_preprocessing
 
     project, encoder, tagger = load_deepdanbooru(project_dir, verify)
     prep = deepdanbooru_preprocessing(project.input_size)
+    tagger, illust2vec = fold_tagger_family(encoder, tagger)  # batch norms folded into the convs for serving
     paths = {
         tagger_name: export_tagger(tagger, prep, project.tags, version_dir(root, tagger_name)),
-        illust2vec_name: export_image_embedder(build_illust2vec(encoder), prep, version_dir(root, illust2vec_name)),
+        illust2vec_name: export_image_embedder(illust2vec, prep, version_dir(root, illust2vec_name)),
     }
     finish(root)
     return paths

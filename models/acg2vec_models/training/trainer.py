@@ -318,7 +318,7 @@ def evaluate(run: _Run, echo: Callable[[str], None]) -> dict[str, Any]:
 def export(run: _Run, evaluation: dict[str, Any]) -> dict[str, str]:
     """New versions in the repository; evaluation.json beside each (assets.extra, which TF-Serving ignores)."""
     from acg2vec_models.export import export_deepix, export_image_embedder, export_tagger
-    from acg2vec_models.image.deepdanbooru import build_illust2vec
+    from acg2vec_models.image.folding import fold_batch_norms, fold_tagger_family
     from acg2vec_models.importers.common import finish, version_dir
     from acg2vec_models.vocab import TagEntry
 
@@ -327,14 +327,14 @@ def export(run: _Run, evaluation: dict[str, Any]) -> dict[str, str]:
     if config.task == "tagger":
         name = config.name or "tagger"
         entries = [TagEntry(t, "rating" if t.startswith("rating:") else "general") for t in run.tags]
-        paths[name] = export_tagger(run.model, prep, entries, version_dir(root, name))
-        illust2vec = build_illust2vec(run.backbone.encoder)
+        tagger, illust2vec = fold_tagger_family(run.backbone.encoder, run.model)  # BNs folded for serving
+        paths[name] = export_tagger(tagger, prep, entries, version_dir(root, name))
         paths[config.illust2vec_name] = export_image_embedder(
             illust2vec, prep, version_dir(root, config.illust2vec_name)
         )
     else:
         name = config.name or "deepix"
-        paths[name] = export_deepix(run.model, prep, version_dir(root, name))
+        paths[name] = export_deepix(fold_batch_norms(run.model), prep, version_dir(root, name))
     for path in paths.values():
         extra = path / "assets.extra"
         extra.mkdir(exist_ok=True)
