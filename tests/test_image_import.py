@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from acg2vec.v1 import common_pb2, tagging_pb2
+from acg2vec_models.preprocessing import ImagePreprocessing, preprocess_batch
 from acg2vec_models.vocab import WD14_SELECTED_TAGS, read_selected_tags_csv
 from acg2vec_server.cli import main
 from tests.helpers import copy_repository, dev_model_repository, image_bytes
@@ -82,11 +83,8 @@ def test_deepdanbooru_project_imports_as_tagger_and_illust2vec(tmp_path):
     np.testing.assert_allclose(embedding, cut(reference_input).numpy(), atol=2e-5)
 
     # the check is sensitive to preprocessing: white padding (our default) instead of DeepDanbooru's edge padding
-    white = tf.constant(IMAGES[:1])
-    from acg2vec_models.preprocessing import ImagePreprocessing, preprocess_batch
-
-    padded_white = source(preprocess_batch(white, ImagePreprocessing(size=64)), training=False).numpy()
-    assert np.abs(padded_white - expected[:1]).max() > 1e-3
+    padded_white = source(preprocess_batch(tf.constant(IMAGES[:1]), ImagePreprocessing(size=64)), training=False)
+    assert np.abs(padded_white.numpy() - expected[:1]).max() > 1e-3
 
     names, categories = labels(repo / "tagger" / "1")
     tags = [t for t in (project / "tags.txt").read_text().splitlines() if t]

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from acg2vec_models import repository
 from acg2vec_models.importers import ImportFailed
 from acg2vec_models.importers.common import Signature, find_saved_model, finish, load_signature, version_dir
 from acg2vec_models.vocab import DEEPDANBOORU_V3, TagEntry, read_tags_txt
 
 log = logging.getLogger(__name__)
-SAVED = "saved_model.pb"
 
 INPUT_NAME = "b64_input_bytes"
 ROLES = ("tagger", "illust2vec", "deepix")
@@ -118,7 +118,8 @@ def import_acg2vec(
 ) -> dict[str, Path]:
     """PATH is ACG2vec's model repository (folders named as in FOLDER_ROLES), one model folder, or a SavedModel.
     Folders it does not serve (acgvoc2vec is text, dclip_*, style, recommendation) are skipped with a note."""
-    if role is None and path.is_dir() and path.name not in FOLDER_ROLES and not (path / SAVED).exists():
+    is_one_model = path.name in FOLDER_ROLES or (path / repository.SAVED_MODEL_FILE).exists()
+    if role is None and path.is_dir() and not is_one_model:
         chosen: dict[str, Path] = {}
         for folder_name, folder_role in FOLDER_ROLES.items():  # in priority order
             if (path / folder_name).is_dir():

@@ -52,13 +52,14 @@ def deepdanbooru(options: BackboneOptions) -> Backbone:
 
 def deepdanbooru_project(options: BackboneOptions) -> Backbone:
     """A published DeepDanbooru project folder (weights imported as `acg2vec models import deepdanbooru` does)."""
+    from acg2vec_models.image.deepdanbooru import ILLUST2VEC_STAGE, VARIANTS
     from acg2vec_models.importers.deepdanbooru import load_deepdanbooru
     from acg2vec_models.preprocessing import deepdanbooru_preprocessing
 
     if options.path is None:
         raise ValueError("the deepdanbooru-project backbone needs --backbone-path <DeepDanbooru project folder>")
     project, encoder, _ = load_deepdanbooru(options.path)
-    width = encoder.outputs[1].shape[-1] / 1024  # the cut has 1024 channels at full width
+    width = encoder.outputs[1].shape[-1] / VARIANTS[project.model_type][0][ILLUST2VEC_STAGE]
     identity = {"backbone": "deepdanbooru-project", "path": str(options.path.resolve())}
     return Backbone(encoder, deepdanbooru_preprocessing(project.input_size), width, identity)
 
