@@ -75,8 +75,9 @@ class ResNetSpec:
 class _Names:
     """Keras's automatic layer names (conv2d, conv2d_1, ...) as a fresh session would give them."""
 
-    def __init__(self) -> None:
+    def __init__(self, folded: bool = False) -> None:
         self._seen: Counter[str] = Counter()
+        self.folded = folded
 
     def __call__(self, base: str) -> str:
         n = self._seen[base]
@@ -94,6 +95,8 @@ def _conv(x: keras.KerasTensor, names: _Names, filters: int, kernel: int, stride
 def _conv_bn(
     x: keras.KerasTensor, names: _Names, filters: int, kernel: int, strides: int = 1, zero_gamma: bool = False
 ) -> keras.KerasTensor:
+    if names.folded:  # serving copy: the BN folded into the conv's kernel and bias (image/folding.py)
+        return layers.Conv2D(filters, kernel, strides=strides, padding="same", name=names("conv2d"))(x)
     x = _conv(x, names, filters, kernel, strides)
     return layers.BatchNormalization(
         gamma_initializer="zeros" if zero_gamma else "ones", name=names("batch_normalization")
@@ -117,9 +120,11 @@ def _bottleneck(
     return added, _relu(added, names)
 
 
-def build_encoder(spec: ResNetSpec, name: str = "deepdanbooru_encoder") -> keras.Model:
-    """Image [0,1] RGB -> [last stage output, illust2vec cut (the Add output, before its ReLU)]."""
-    names = _Names()
+def build_encoder(spec: ResNetSpec, name: str = "deepdanbooru_encoder", folded: bool = False) -> keras.Model:
+    """Image [0,1] RGB -> [last stage output, illust2vec cut (the Add output, before its ReLU)].
+
+    folded=True builds the serving copy: each conv + BN is one conv with a bias (same names, no BN layers)."""
+    names = _Names(folded)
     filters = spec.stage_filters()
     inputs = keras.Input((spec.input_size, spec.input_size, 3), name="input_1")
     x = _relu(_conv_bn(inputs, names, filters[0] // 4, 7, strides=2), names)

@@ -125,8 +125,17 @@ def _stage_filters(convs: list[tuple[str, list[np.ndarray]]], repeats: tuple[int
     return tuple(filters)
 
 
-def convert(source: SourceWeights, model_type: str) -> tuple[Any, Any]:
-    """Our (encoder, tagger) with the source's weights; the width is read from the source's shapes."""
+def _fold(conv: list[np.ndarray], norm: list[np.ndarray], epsilon: float = 1e-3) -> list[np.ndarray]:
+    """Conv kernel (no bias) + BN (gamma, beta, mean, variance; Keras's default epsilon) -> kernel, bias."""
+    gamma, beta, mean, variance = (np.asarray(w, dtype=np.float64) for w in norm)
+    scale = gamma / np.sqrt(variance + epsilon)
+    kernel = np.asarray(conv[0], dtype=np.float64) * scale
+    return [kernel.astype(np.float32), (beta - mean * scale).astype(np.float32)]
+
+
+def convert(source: SourceWeights, model_type: str, folded: bool = False) -> tuple[Any, Any]:
+    """Our (encoder, tagger) with the source's weights; the width is read from the source's shapes.
+    folded=True gives the serving copy, each conv + BN merged into one conv with a bias."""
     from acg2vec_models.image.deepdanbooru import VARIANTS, ResNetSpec, build_encoder, build_tagger
 
     shape = source.input_shape
@@ -134,21 +143,29 @@ def convert(source: SourceWeights, model_type: str) -> tuple[Any, Any]:
         raise ImportFailed(f"the model takes {shape}; DeepDanbooru models take (batch, size, size, 3)")
     repeats = VARIANTS[model_type][1]
     expected = 1 + sum(4 + 3 * r for r in repeats) + 1
-    if len(source.convs) != expected:
+    if len(source.convs) != expected or len(source.norms) != expected - 1:
         raise ImportFailed(
-            f"the model has {len(source.convs)} convolutions; {model_type} has {expected}: "
-            "is project.json's model right?"
+            f"the model has {len(source.convs)} convolutions and {len(source.norms)} batch norms; {model_type} has "
+            f"{expected} and {expected - 1}: is project.json's model right?"
         )
     num_tags = int(source.convs[-1][1][0].shape[-1])
     spec = ResNetSpec(input_size=int(shape[1]), filters=_stage_filters(source.convs, repeats), repeats=repeats)
-    encoder = build_encoder(spec)
+    encoder = build_encoder(spec, folded=folded)
     tagger = build_tagger(encoder, num_tags)
-    mine = [(layer.name, type(layer).__name__, layer) for layer in tagger.layers]
-    for kind, theirs in (("Conv2D", source.convs), ("BatchNormalization", source.norms)):
-        ours = sorted([(n, layer) for n, cls, layer in mine if cls == kind], key=lambda item: _creation_order(item[0]))
-        if len(ours) != len(theirs):
-            raise ImportFailed(f"{len(theirs)} {kind} layers in the model, {len(ours)} in {model_type}")
-        for (_, layer), (their_name, weights) in zip(ours, theirs, strict=True):
+    by_kind: dict[str, list[Any]] = {"Conv2D": [], "BatchNormalization": []}
+    for layer in tagger.layers:
+        if type(layer).__name__ in by_kind:
+            by_kind[type(layer).__name__].append(layer)
+    for group in by_kind.values():
+        group.sort(key=lambda layer: _creation_order(layer.name))
+    if folded:  # conv k of the encoder is followed by BN k; the head's conv (the last) has none
+        weights = [_fold(c, n) for (_, c), (_, n) in zip(source.convs[:-1], source.norms, strict=True)]
+        plan = [(by_kind["Conv2D"], [*weights, source.convs[-1][1]], [name for name, _ in source.convs])]
+    else:
+        plan = [(by_kind[kind], [w for _, w in theirs], [name for name, _ in theirs])
+                for kind, theirs in (("Conv2D", source.convs), ("BatchNormalization", source.norms))]  # fmt: skip
+    for ours, theirs, their_names in plan:
+        for layer, weights, their_name in zip(ours, theirs, their_names, strict=True):
             wanted = [tuple(w.shape) for w in layer.get_weights()]
             if [tuple(w.shape) for w in weights] != wanted:
                 raise ImportFailed(
@@ -158,10 +175,11 @@ def convert(source: SourceWeights, model_type: str) -> tuple[Any, Any]:
     return encoder, tagger
 
 
-def load_deepdanbooru(path: Path, verify: bool = False) -> tuple[Project, Any, Any]:
-    """(project, encoder, tagger) from a DeepDanbooru project folder, converted to our architecture."""
+def load_deepdanbooru(path: Path, verify: bool = False, folded: bool = False) -> tuple[Project, Any, Any]:
+    """(project, encoder, tagger) from a DeepDanbooru project folder, converted to our architecture (trainable,
+    or folded for serving)."""
     project = read_project(path)
-    encoder, tagger = convert(read_source_weights(project.model_file), project.model_type)
+    encoder, tagger = convert(read_source_weights(project.model_file), project.model_type, folded)
     if tagger.outputs[0].shape[-1] != len(project.tags):
         raise ImportFailed(
             f"the model has {tagger.outputs[0].shape[-1]} outputs but tags.txt lists {len(project.tags)} tags"
@@ -192,12 +210,12 @@ def import_deepdanbooru(
 ) -> dict[str, Path]:
     """Writes the tagger and illust2vec (cut at add_43 + pooling) as new versions into the repository."""
     from acg2vec_models.export import export_image_embedder, export_tagger
-    from acg2vec_models.image.folding import fold_tagger_family
+    from acg2vec_models.image.deepdanbooru import build_illust2vec
     from acg2vec_models.preprocessing import deepdanbooru_preprocessing
 
-    project, encoder, tagger = load_deepdanbooru(project_dir, verify)
+    project, encoder, tagger = load_deepdanbooru(project_dir, verify, folded=True)  # BNs folded for serving
     prep = deepdanbooru_preprocessing(project.input_size)
-    tagger, illust2vec = fold_tagger_family(encoder, tagger)  # batch norms folded into the convs for serving
+    illust2vec = build_illust2vec(encoder)
     paths = {
         tagger_name: export_tagger(tagger, prep, project.tags, version_dir(root, tagger_name)),
         illust2vec_name: export_image_embedder(illust2vec, prep, version_dir(root, illust2vec_name)),
