@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -219,6 +220,26 @@ def _check_resume(config: TrainConfig, identity: dict[str, Any]) -> dict[str, An
     return state
 
 
+def _named_errors(batches: Any, examples: list[Example], batch_size: int) -> Any:
+    """Yields the batches; an image the graph cannot decode stops training with the files of its batch named."""
+    import tensorflow as tf
+
+    iterator, index = iter(batches), 0
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except tf.errors.InvalidArgumentError as e:
+            files = [ex.image for ex in examples[index * batch_size : (index + 1) * batch_size]]
+            reason = re.sub(r"\{\{.*?\}\}\s*", "", e.message.splitlines()[0])
+            raise TrainingError(
+                f"an image could not be decoded ({reason}); it is one of {files}: fix or remove it and rerun"
+            ) from None
+        index += 1
+        yield batch
+
+
 def _save(run: _Run, echo: Callable[[str], None]) -> None:
     if run.manager.latest_checkpoint != run.manager.directory + f"/ckpt-{int(run.step)}":
         echo(f"checkpoint saved at step {int(run.step)}: {run.manager.save(checkpoint_number=int(run.step))}")
@@ -257,7 +278,7 @@ def train(config: TrainConfig, echo: Callable[[str], None] = print) -> TrainResu
         batches = run.dataset(examples, run.targets[rest])
         bar = tqdm(total=per_epoch, initial=offset, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step")
         with bar:
-            for images, targets in batches:
+            for images, targets in _named_errors(batches, examples, config.batch_size):
                 loss = float(run.train_step(images, targets))
                 run.step.assign_add(1)
                 done_here += 1
@@ -292,7 +313,8 @@ def evaluate(run: _Run, echo: Callable[[str], None]) -> dict[str, Any]:
         return {}
     targets = multi_hot(run.held_out, run.tags) if config.task == "tagger" else deepix_bins(run.held_out)
     predictions: list[Any] = []
-    for images, _ in tqdm(run.dataset(run.held_out, targets), desc="held-out evaluation", unit="batch"):
+    batches = _named_errors(run.dataset(run.held_out, targets), run.held_out, config.batch_size)
+    for images, _ in tqdm(batches, desc="held-out evaluation", unit="batch"):
         predictions.append(run.model(images, training=False))
     if config.task == "tagger":
         scores = np.concatenate([np.asarray(p) for p in predictions])
