@@ -13,7 +13,7 @@ from typing import Any
 import click
 from pydantic import SecretStr
 
-from acg2vec_server import cli_index
+from acg2vec_server import cli_index, cli_models
 from acg2vec_server.cli_auth import auth
 from acg2vec_server.settings import Settings
 
@@ -214,6 +214,8 @@ def tfserving_emulator(repository: Path | None, listen: str) -> None:
 
 main.add_command(auth)
 main.add_command(cli_index.index)
+models.add_command(cli_models.import_model)
+main.add_command(cli_models.train)
 
 if __name__ == "__main__":
     main()
