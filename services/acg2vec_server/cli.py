@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from acg2vec_server.cli_text import import_sentence_transformers, text
 from acg2vec_server.settings import Settings
 
 
@@ -164,6 +165,15 @@ def write_config(repository: Path | None, base_path: str) -> None:
     from acg2vec_models import repository as repo
 
     click.echo(repo.write_models_config(_root(repository), base_path))
+
+
+@models.group("import")
+def import_models() -> None:
+    """Import published weights into the model repository as a new version of a model."""
+
+
+import_models.add_command(import_sentence_transformers)
+main.add_command(text)
 
 
 @main.command("tfserving-emulator")
