@@ -190,9 +190,15 @@ async def test_both_backends_and_a_new_version(tmp_path, model_repo, text_repo, 
         after = await models.embed_texts(TEXTS)
         assert {e.model.version for e in after} == {2}
         assert (np.array([e.values for e in after]) * reference["acgvoc2vec"]).sum(axis=1).min() >= 0.9999
-        ids = (await models.text_inputs())(["short", "a somewhat longer text with more words"])
-        assert ids["input_ids"].dtype == np.int64 and ids["input_ids"].shape == ids["attention_mask"].shape
-        assert 0 < ids["attention_mask"][0].sum() < ids["attention_mask"].shape[1]  # right-padded to the longest
+        inputs = (await models.text_inputs())(["short", "a somewhat longer text with more words"])
+        ids, length = inputs["input_ids"], inputs["length"]
+        assert ids.dtype == length.dtype == np.int64 and length.tolist() == [3, ids.shape[1]]  # padded to the longest
+        # TF-Serving's batching pads a request's [N, L] inputs with their first value: the lengths keep it harmless
+        padded = np.concatenate([ids, np.full((2, 5), ids[0, 0])], axis=1)
+        (out, _), (ref, _) = [
+            await local.predict("acgvoc2vec", {"input_ids": x, "length": length}) for x in (padded, ids)
+        ]
+        np.testing.assert_allclose(out["embedding"], ref["embedding"], atol=1e-6)
     finally:
         await remote.close()
         await local.close()

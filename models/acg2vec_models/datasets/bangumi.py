@@ -28,6 +28,7 @@ INTEGRITY = "sha512-vllAI09uEZOaWNgJ2flRrnwmZ5//4k3nfYmfXFjsjgWHkmAKbFbn6M2YNplz
 LANGUAGES = ("ja", "zh-Hans", "zh-Hant", "en")
 SEED = 20240601
 HELD_OUT = 1000
+FORMAT = 2  # bump when the pairs or the split change (2: whole title groups held out)
 ATTRIBUTION = f"""\
 Anime titles and translations from bangumi-data {VERSION} (https://github.com/bangumi-data/bangumi-data,
 npm package `{PACKAGE}`), by the bangumi-data contributors, licensed under the Creative Commons Attribution
@@ -207,6 +208,7 @@ def build_pairs(cache_dir: Path, out: Path, held_out: int = HELD_OUT, seed: int 
             f.write(json.dumps({"key": a.key, "titles": a.titles}, ensure_ascii=False) + "\n")
     manifest = {
         "source": f"{PACKAGE}@{VERSION}",
+        "format": FORMAT,
         "integrity": INTEGRITY,
         "licence": "CC-BY-4.0 (see ATTRIBUTION.txt)",
         "seed": seed,

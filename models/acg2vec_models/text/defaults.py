@@ -42,7 +42,7 @@ def fingerprint(recipe: Recipe = DEFAULT_RECIPE) -> str:
     text = json.dumps(
         {
             "recipe": asdict(recipe),
-            "data": [bangumi.INTEGRITY, bangumi.SEED, bangumi.HELD_OUT],
+            "data": [bangumi.INTEGRITY, bangumi.SEED, bangumi.HELD_OUT, bangumi.FORMAT],
             "base": base,
             "code": TRAINING_CODE_VERSION,
         },
@@ -70,7 +70,7 @@ def pairs_dataset(cache: Path) -> bangumi.PairsDataset:
     """The training pairs and held-out anime (built once from the cached bangumi-data)."""
     dataset = bangumi.PairsDataset(cache / "bangumi-pairs")
     manifest = dataset.folder / "manifest.json"
-    wanted = {"source": f"{bangumi.PACKAGE}@{bangumi.VERSION}", "seed": bangumi.SEED}
+    wanted = {"source": f"{bangumi.PACKAGE}@{bangumi.VERSION}", "seed": bangumi.SEED, "format": bangumi.FORMAT}
     if manifest.exists() and all(dataset.manifest().get(k) == v for k, v in wanted.items()):
         return dataset
     return bangumi.build_pairs(cache, dataset.folder)

@@ -1,6 +1,7 @@
 """Writes a token-id text encoder as a SavedModel that carries its tokenizer (see repository.py, tokens.py).
 
-serving_default(input_ids: int64[N,L], attention_mask: int64[N,L]) -> embedding: float32[N,D]
+serving_default(input_ids: int64[N,L], length: int64[N]) -> embedding: float32[N,D]
+        (positions at or beyond a row's length are padding, whatever their ids hold: see tokens.py)
 tokenizer() -> tokenizer_json: string[]   (Hugging Face tokenizers definition, truncation + padding set)
 """
 
@@ -12,11 +13,11 @@ import tensorflow as tf
 
 from acg2vec_models.export import _write
 from acg2vec_models.text.tf_encoders import TextEncoder
-from acg2vec_models.text.tokens import IDS_INPUT, MASK_INPUT, TOKENIZER_OUTPUT, TOKENIZER_SIGNATURE
+from acg2vec_models.text.tokens import IDS_INPUT, LENGTH_INPUT, TOKENIZER_OUTPUT, TOKENIZER_SIGNATURE
 
 TOKEN_INPUTS = [
     tf.TensorSpec([None, None], tf.int64, name=IDS_INPUT),
-    tf.TensorSpec([None, None], tf.int64, name=MASK_INPUT),
+    tf.TensorSpec([None], tf.int64, name=LENGTH_INPUT),
 ]
 
 
@@ -28,8 +29,9 @@ class _TokenTextModule(tf.Module):
         self.tokenizer_definition = tf.Variable(tokenizer_json, dtype=tf.string, trainable=False)
 
     @tf.function(input_signature=TOKEN_INPUTS)
-    def encode(self, input_ids: tf.Tensor, attention_mask: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {"embedding": self.encoder(input_ids, attention_mask)}
+    def encode(self, input_ids: tf.Tensor, length: tf.Tensor) -> dict[str, tf.Tensor]:
+        mask = tf.sequence_mask(length, tf.shape(input_ids)[1], dtype=tf.int64)
+        return {"embedding": self.encoder(input_ids, mask)}
 
     @tf.function(input_signature=[])
     def tokenizer(self) -> dict[str, tf.Tensor]:

@@ -2,7 +2,10 @@
 
 Such a SavedModel carries its tokenizer: signature `tokenizer()` returns `tokenizer_json`, a Hugging Face
 `tokenizers` definition with truncation and padding set, so a server needs nothing but the model (also from a
-remote TF-Serving) to turn texts into `input_ids` / `attention_mask`.
+remote TF-Serving) to turn texts into `input_ids` [N, L] (right-padded) and `length` [N] (real tokens per row).
+Lengths, not an attention mask: TF-Serving's batching pads [N, L] inputs of different requests with the
+*first value* of each tensor (`pad_variable_length_inputs`), which would turn a mask's padding into ones;
+a rank-1 `length` is never padded, and the graph derives the mask from it.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from tokenizers import Tokenizer
 TOKENIZER_SIGNATURE = "tokenizer"
 TOKENIZER_OUTPUT = "tokenizer_json"
 IDS_INPUT = "input_ids"
-MASK_INPUT = "attention_mask"
+LENGTH_INPUT = "length"
 
 
 def serving_definition(tokenizer: Tokenizer, max_length: int, pad_id: int = 0, pad_token: str | None = None) -> str:
@@ -29,7 +32,7 @@ def serving_definition(tokenizer: Tokenizer, max_length: int, pad_id: int = 0, p
 
 
 class TextTokenizer:
-    """Texts -> {input_ids, attention_mask} (int64 [N, L], right-padded) with a model's tokenizer definition."""
+    """Texts -> {input_ids: int64 [N, L] right-padded, length: int64 [N]} with a model's tokenizer definition."""
 
     def __init__(self, definition: str):
         self._tokenizer = Tokenizer.from_str(definition)
@@ -40,5 +43,5 @@ class TextTokenizer:
         encodings = self._tokenizer.encode_batch(list(texts))
         return {
             IDS_INPUT: np.array([e.ids for e in encodings], dtype=np.int64),
-            MASK_INPUT: np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            LENGTH_INPUT: np.array([sum(e.attention_mask) for e in encodings], dtype=np.int64),
         }
