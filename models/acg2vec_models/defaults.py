@@ -14,11 +14,11 @@ def build_default_models(
 ) -> dict[str, Path]:
     """Install the default image models (tagger, illust2vec) and text model (acgvoc2vec) into root.
 
-    `limit` trains the image models on that many images only (tests); `cache_dir` holds downloads and
-    features (default `.cache`)."""
+    `limit` trains the image models on that many images only (tests); `cache_dir` holds downloads, features
+    and the text model's training data (default `.cache`)."""
     from acg2vec_models.image.defaults import build_default_image_models
     from acg2vec_models.text.defaults import build_default_text_model
 
     paths = build_default_image_models(root, force=force, limit=limit, cache_dir=cache_dir)
-    paths.update(build_default_text_model(root, force=force))
+    paths.update(build_default_text_model(root, force=force, cache_dir=cache_dir / "text" if cache_dir else None))
     return paths

@@ -7,7 +7,9 @@ Signatures (what the service relies on):
   image models  serving_default(image_bytes: string[N]) -> tagger: scores[N,T];
                 illust2vec: embedding[N,D]; deepix: bookmarks[N,15], views[N,15], sanity[N,5]
   tagger        labels() -> names: string[T], categories: string[T]
-  text models   serving_default(text: string[N]) -> embedding[N,D]
+  text models   serving_default(text: string[N]) -> embedding[N,D]                (tokenised in the graph)
+            or  serving_default(input_ids: int64[N,L], length: int64[N]) -> embedding[N,D],
+                tokenizer() -> tokenizer_json: string[]  (the server tokenises; see text/tokens.py)
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from pydantic import SecretStr
 
 from acg2vec_server import cli_index, cli_models
 from acg2vec_server.cli_auth import auth
+from acg2vec_server.cli_text import import_sentence_transformers, text
 from acg2vec_server.settings import Settings
 
 
@@ -195,6 +196,16 @@ def write_config(repository: Path | None, base_path: str) -> None:
     click.echo(repo.write_models_config(_root(repository), base_path))
 
 
+@models.group("import")
+def import_models() -> None:
+    """Import published weights into the model repository as a new version of a model."""
+
+
+for _command in (*cli_models.IMAGE_IMPORTERS, import_sentence_transformers):
+    import_models.add_command(_command)
+main.add_command(text)
+
+
 @main.command("tfserving-emulator")
 @_repository_option
 @click.option("--listen", default="127.0.0.1:8500", show_default=True)
@@ -214,7 +225,6 @@ def tfserving_emulator(repository: Path | None, listen: str) -> None:
 
 main.add_command(auth)
 main.add_command(cli_index.index)
-models.add_command(cli_models.import_model)
 main.add_command(cli_models.train)
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""`acg2vec models import <kind> PATH` and `acg2vec train tagger|deepix`: published models in, trained models out.
+"""`acg2vec models import deepdanbooru|wd14|acg2vec PATH` and `acg2vec train tagger|deepix`.
+
+Published models in, trained models out.
 
 Both write new versions into the model repository (TF-Serving layout), which a running server picks up.
 Details: docs/image-models-import-train.md.
@@ -15,8 +17,6 @@ from typing import Any
 import click
 
 from acg2vec_server.settings import Settings
-
-KINDS = ("deepdanbooru", "wd14", "acg2vec")
 
 
 def _repository_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -40,59 +40,76 @@ def _echo(line: str) -> None:
     sys.stdout.flush()
 
 
-@click.command("import")
-@click.argument("kind", type=click.Choice(KINDS))
-@click.argument("path", type=click.Path(exists=True, path_type=Path))
-@_repository_option
-@click.option("--name", default=None, help="repository name of the model (default: tagger, illust2vec or deepix)")
-@click.option("--illust2vec-name", default="illust2vec", show_default=True, help="deepdanbooru: name of the cut")
-@click.option(
-    "--tags",
-    "tags_path",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
-    help="vocabulary: wd14 selected_tags.csv, acg2vec tagger tags.txt (default: the one in PATH / v3)",
-)
-@click.option(
-    "--role",
-    type=click.Choice(["tagger", "illust2vec", "deepix"]),
-    default=None,
-    help="acg2vec: what a single model folder is (default: from its name)",
-)
-@click.option("--verify", is_flag=True, help="deepdanbooru: also run the source with Keras 2 and compare (slower)")
-def import_model(
-    kind: str, path: Path, repository: Path | None, name: str | None, illust2vec_name: str,
-    tags_path: Path | None, role: str | None, verify: bool,
-) -> None:  # fmt: skip
-    """Import a published model as a new version in the repository.
+def _tags_option(help_text: str) -> Callable[..., Any]:
+    return click.option(
+        "--tags", "tags_path", type=click.Path(exists=True, path_type=Path), default=None, help=help_text
+    )
 
-    \b
-    deepdanbooru PATH  DeepDanbooru project folder (project.json, tags.txt, model-*.h5) -> tagger + illust2vec
-    wd14 PATH          WD14 tagger SavedModel folder with selected_tags.csv -> tagger
-    acg2vec PATH       ACG2vec's TF-Serving model folder(s) (b64_input_bytes) -> tagger / illust2vec / deepix
-    """
+
+def _import_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option(
+        "--name", default=None, help="repository name of the model (default: tagger, illust2vec or deepix)"
+    )(fn)
+    fn = _repository_option(fn)
+    return click.argument("path", type=click.Path(exists=True, path_type=Path))(fn)
+
+
+def _run_import(kind: str, path: Path, repository: Path | None, importer: Callable[[Path], dict[str, Path]]) -> None:
     from acg2vec_models.importers import ImportFailed
 
     _quiet_logs()
     root = repository or Settings().models_root
     click.echo(f"importing {kind} model from {path} into {root} ...")
     try:
-        if kind == "deepdanbooru":
-            from acg2vec_models.importers.deepdanbooru import import_deepdanbooru
-
-            paths = import_deepdanbooru(path, root, name or "tagger", illust2vec_name, verify=verify)
-        elif kind == "wd14":
-            from acg2vec_models.importers.wd14 import import_wd14
-
-            paths = import_wd14(path, root, name or "tagger", tags_path)
-        else:
-            from acg2vec_models.importers.acg2vec import import_acg2vec
-
-            paths = import_acg2vec(path, root, role, name, tags_path)
+        paths = importer(root)
     except ImportFailed as e:
         raise click.ClickException(str(e)) from None
     for model, out in sorted(paths.items()):
         click.echo(f"  {model}: {out}")
+
+
+@click.command("deepdanbooru")
+@_import_options
+@click.option("--illust2vec-name", default="illust2vec", show_default=True, help="name of the add_43 cut")
+@click.option("--verify", is_flag=True, help="also run the source with Keras 2 and compare (slower)")
+def import_deepdanbooru(
+    path: Path, repository: Path | None, name: str | None, illust2vec_name: str, verify: bool
+) -> None:
+    """DeepDanbooru project folder (project.json, tags.txt, model-*.h5) -> tagger + illust2vec."""
+    from acg2vec_models.importers.deepdanbooru import import_deepdanbooru as run
+
+    _run_import(
+        "deepdanbooru", path, repository, lambda root: run(path, root, name or "tagger", illust2vec_name, verify=verify)
+    )
+
+
+@click.command("wd14")
+@_import_options
+@_tags_option("selected_tags.csv (default: the one in PATH)")
+def import_wd14(path: Path, repository: Path | None, name: str | None, tags_path: Path | None) -> None:
+    """WD14 tagger SavedModel folder with selected_tags.csv -> tagger."""
+    from acg2vec_models.importers.wd14 import import_wd14 as run
+
+    _run_import("wd14", path, repository, lambda root: run(path, root, name or "tagger", tags_path))
+
+
+@click.command("acg2vec")
+@_import_options
+@_tags_option("tagger vocabulary tags.txt (default: the one in PATH, else DeepDanbooru v3)")
+@click.option(
+    "--role", type=click.Choice(["tagger", "illust2vec", "deepix"]), default=None,
+    help="what a single model folder is (default: from its name)",
+)  # fmt: skip
+def import_acg2vec(
+    path: Path, repository: Path | None, name: str | None, tags_path: Path | None, role: str | None
+) -> None:
+    """ACG2vec's TF-Serving model folder(s) (b64_input_bytes) -> tagger / illust2vec / deepix."""
+    from acg2vec_models.importers.acg2vec import import_acg2vec as run
+
+    _run_import("acg2vec", path, repository, lambda root: run(path, root, role, name, tags_path))
+
+
+IMAGE_IMPORTERS = (import_deepdanbooru, import_wd14, import_acg2vec)
 
 
 @click.command("train")

@@ -104,6 +104,8 @@ class InProcessBackend:
             out = fn(**{k: tf.constant(v) for k, v in inputs.items()})
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
             raise InferenceInputError(tf_error_summary(e.message)) from None
+        except TypeError as e:  # inputs that are not the signature's (TF-Serving: INVALID_ARGUMENT)
+            raise InferenceInputError(f"inputs do not match signature '{signature}': {e}") from None
         return {k: v.numpy() for k, v in out.items()}, loaded.description.version
 
     async def predict(

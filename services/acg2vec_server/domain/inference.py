@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from acg2vec_models.text.tokens import IDS_INPUT, TOKENIZER_OUTPUT, TOKENIZER_SIGNATURE, TextTokenizer
 from acg2vec_server.backends.inference import InferenceBackend, InferenceInputError, ModelDescription, ModelNotInstalled
 from acg2vec_server.domain.types import Embedding, ModelRef
 from acg2vec_server.errors import BackendUnavailable, FailedPrecondition, FieldViolation, InvalidInput
@@ -18,6 +19,19 @@ class Labels:
     categories: np.ndarray  # object array of category names, aligned with names
 
 
+@dataclass(frozen=True)
+class TextInputs:
+    """How the text model's version `version` takes its input: raw strings, or token ids from its tokenizer."""
+
+    version: int
+    tokenizer: TextTokenizer | None  # None: serving_default takes `text` and tokenises in the graph
+
+    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
+        if self.tokenizer is None:
+            return {"text": np.array([t.encode() for t in texts], dtype=object)}
+        return self.tokenizer(texts)
+
+
 class Models:
     """Runs the configured models; turns backend failures into domain errors with a fix in the message."""
 
@@ -25,6 +39,7 @@ class Models:
         self.backend = backend
         self.tagger, self.image, self.text, self.popularity = tagger, image, text, popularity
         self._labels: Labels | None = None
+        self._text_inputs: TextInputs | None = None
 
     async def run(
         self, model: str, inputs: dict[str, np.ndarray], signature: str = "serving_default", optional: bool = False
@@ -80,8 +95,39 @@ class Models:
         outputs, ref = await self.run_images(self.image, images)
         return normalize(outputs["embedding"], ref)
 
+    async def text_inputs(self, refresh: bool = False) -> TextInputs:
+        """The text model's input path, from its signature; a token-id model's tokenizer is fetched from the
+        model itself (signature `tokenizer`), once per version, so a remote TF-Serving needs no local files."""
+        if self._text_inputs is None or refresh:
+            description = await self.describe(self.text)
+            signature = description.signatures.get("serving_default")
+            if signature is not None and IDS_INPUT in signature.inputs:
+                outputs, ref = await self.run(self.text, {}, signature=TOKENIZER_SIGNATURE)
+                definition = np.asarray(outputs[TOKENIZER_OUTPUT]).reshape(-1)[0]
+                definition = definition.decode() if isinstance(definition, bytes) else str(definition)
+                self._text_inputs = TextInputs(ref.version, TextTokenizer(definition))
+            else:
+                self._text_inputs = TextInputs(description.version, None)
+        return self._text_inputs
+
     async def embed_texts(self, texts: list[str]) -> list[Embedding]:
-        outputs, ref = await self.run(self.text, {"text": np.array([t.encode() for t in texts], dtype=object)})
+        """Batch of texts -> L2-normalised vectors; a new model version (other inputs or tokenizer) is picked
+        up on the call that first meets it."""
+        plan = await self.text_inputs()
+        for retry in (False, True):
+            try:
+                outputs, ref = await self.run(self.text, plan(texts))
+            except InvalidInput:
+                if retry:
+                    raise
+                plan = await self.text_inputs(refresh=True)  # inputs of an older version: the model changed
+                continue
+            if ref.version == plan.version or retry:
+                break
+            fresh = await self.text_inputs(refresh=True)  # another version answered: its inputs may differ
+            if fresh.tokenizer is None and plan.tokenizer is None:
+                break
+            plan = fresh
         return normalize(outputs["embedding"], ref)
 
 
