@@ -70,7 +70,7 @@ async def through_service(root: Path, model: str, texts: list[str], batches: lis
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(
             listen="127.0.0.1:0", metrics_port=0, data_dir=Path(tmp), model_repository=root, text_model=model,
-            access_log=False, milvus_index_type="FLAT", max_batch_size=max(batches),
+            access_log=False, milvus_index_type="FLAT", max_batch_size=max(batches), auth="none",
         )  # fmt: skip
         app = Application(settings)
         await app.start()

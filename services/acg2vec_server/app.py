@@ -21,6 +21,7 @@ from acg2vec.v1 import (
     text_feature_pb2,
     text_feature_pb2_grpc,
 )
+from acg2vec_server.admission import AdmissionInterceptor
 from acg2vec_server.backends.embedded_redis import EmbeddedRedis
 from acg2vec_server.backends.inference import InferenceBackend
 from acg2vec_server.backends.metadata import RedisMetadataStore
@@ -87,8 +88,8 @@ class Application:
             s.hnsw_m, s.hnsw_ef_construction, s.hnsw_ef_search, s.milvus_timeout_s,
             ivf_nlist=s.ivf_nlist, ivf_nprobe=s.ivf_nprobe,
         )  # fmt: skip
-        self._closers = [inference.close, meta.close, vectors.close]
         self.domain = Domain.build(s, inference, meta, vectors)
+        self._closers = [self.domain.models.close, inference.close, meta.close, vectors.close]
 
         options = [
             ("grpc.max_send_message_length", s.max_message_bytes),
@@ -98,6 +99,8 @@ class Application:
         interceptors: list[grpc.aio.ServerInterceptor] = [ObservabilityInterceptor(s.access_log)]
         if security.interceptor is not None:
             interceptors.append(security.interceptor)  # inside the access log, so refused calls are logged too
+        # last, after authentication: refused callers use no capacity, and clients are keyed by their token
+        interceptors.append(AdmissionInterceptor(s.max_concurrent_calls, s.max_calls_per_client))
         self.server = grpc.aio.server(interceptors=interceptors, options=options)
         tagging_pb2_grpc.add_TaggingServiceServicer_to_server(TaggingServicer(self.domain), self.server)
         image_feature_pb2_grpc.add_ImageFeatureServiceServicer_to_server(ImageFeatureServicer(self.domain), self.server)

@@ -106,12 +106,40 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         50_000_000, description="Decompression-bomb guard: width*height above this is refused."
     )
+    downscale_above_pixels: int = Field(
+        4_194_304,
+        description="Images with more pixels are downscaled (box filter) before the model graph decodes them, which "
+        "takes about 36 bytes per pixel: bounds its memory and time. 0: never.",
+    )
     max_text_chars: int = 2048
     max_batch_size: int = 64
     max_top_k: int = 1000
     default_tag_top_k: int = 64
     default_tag_threshold: float = 0.5
     health_probe_interval_s: float = 2.0
+
+    # --- load: concurrency limits, bounded queues, dynamic batching (docs/reliability.md)
+    max_concurrent_calls: int = Field(
+        256, description="Calls in progress at once (health, reflection excepted); past it RESOURCE_EXHAUSTED. 0: off."
+    )
+    max_calls_per_client: int = Field(
+        128, description="Calls in progress at once per client (its IP address); past it RESOURCE_EXHAUSTED. 0: off."
+    )
+    batch_max_size: int = Field(
+        32, description="Dynamic batching: most items in one model run (concurrent requests joined); 1: off."
+    )
+    batch_max_size_per_model: str = Field("", description="Per-model batch_max_size, e.g. 'tagger=16,acgvoc2vec=128'.")
+    batch_max_wait_ms: float = Field(
+        5.0, description="Dynamic batching: how long a batch waits for more requests while its model is busy."
+    )
+    inference_queue_items: int = Field(
+        256, description="Items waiting for inference per model; past it RESOURCE_EXHAUSTED (with a retry hint)."
+    )
+    inference_concurrency: int = Field(
+        1,
+        description="Batches of one model running at once (in-process: 1 gives the largest batches; TF-Serving: "
+        "about its replicas x batch threads).",
+    )
 
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:
@@ -122,6 +150,26 @@ class Settings(BaseSettings):
         if self.redis_cluster and not self.redis_url:
             raise ValueError("redis_cluster needs redis_url (a cluster node); the embedded server is not a cluster")
         return self
+
+    @model_validator(mode="after")
+    def _check_load_settings(self) -> Settings:
+        self.batch_max_sizes()  # a malformed value fails at start-up, with the fix in the message
+        if min(self.batch_max_size, self.inference_queue_items, self.inference_concurrency) < 1:
+            raise ValueError("batch_max_size, inference_queue_items and inference_concurrency must be at least 1")
+        return self
+
+    def batch_max_sizes(self) -> dict[str, int]:
+        """batch_max_size_per_model as a dict: 'tagger=16,acgvoc2vec=128' -> {'tagger': 16, 'acgvoc2vec': 128}."""
+        sizes: dict[str, int] = {}
+        for entry in filter(None, (e.strip() for e in self.batch_max_size_per_model.split(","))):
+            model, _, size = entry.partition("=")
+            if not model.strip() or not size.strip().isdigit() or int(size) < 1:
+                raise ValueError(
+                    f"batch_max_size_per_model entry {entry!r} is malformed: write model=size pairs split by "
+                    "commas, e.g. 'tagger=16,acgvoc2vec=128'"
+                )
+            sizes[model.strip()] = int(size)
+        return sizes
 
     @property
     def models_root(self) -> Path:

@@ -27,6 +27,9 @@ MAX_TAGS = 256
 MAX_TAG_CHARS = 256
 #: Milvus' limit on offset + limit of one search.
 MAX_WINDOW = 16384
+#: Retry a lost connection within a second, not after gRPC's exponential backoff (up to minutes): a restarted
+#: Milvus is used again as soon as it answers.
+RECONNECT = {"grpc.initial_reconnect_backoff_ms": 200, "grpc.max_reconnect_backoff_ms": 1000}
 
 
 class VectorStore(Protocol):
@@ -114,7 +117,7 @@ class MilvusVectorStore:
 
             if self.is_lite:
                 Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
-            self._client = MilvusClient(uri=self.uri, token=self.token, timeout=self.timeout_s)
+            self._client = MilvusClient(uri=self.uri, token=self.token, timeout=self.timeout_s, grpc_options=RECONNECT)
         return self._client
 
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -8,6 +8,7 @@ import numpy as np
 
 from acg2vec_models.text.tokens import IDS_INPUT, TOKENIZER_OUTPUT, TOKENIZER_SIGNATURE, TextTokenizer
 from acg2vec_server.backends.inference import InferenceBackend, InferenceInputError, ModelDescription, ModelNotInstalled
+from acg2vec_server.domain.batching import Batcher
 from acg2vec_server.domain.types import Embedding, ModelRef
 from acg2vec_server.errors import BackendUnavailable, FailedPrecondition, FieldViolation, InvalidInput
 
@@ -35,17 +36,23 @@ class TextInputs:
 class Models:
     """Runs the configured models; turns backend failures into domain errors with a fix in the message."""
 
-    def __init__(self, backend: InferenceBackend, tagger: str, image: str, text: str, popularity: str):
+    def __init__(
+        self, backend: InferenceBackend, tagger: str, image: str, text: str, popularity: str,
+        batcher: Batcher | None = None,
+    ):  # fmt: skip
         self.backend = backend
         self.tagger, self.image, self.text, self.popularity = tagger, image, text, popularity
         self._labels: Labels | None = None
         self._text_inputs: TextInputs | None = None
+        #: Joins concurrent requests into model-sized batches (domain/batching.py); None runs each as it comes.
+        self.batcher = batcher
 
     async def run(
         self, model: str, inputs: dict[str, np.ndarray], signature: str = "serving_default", optional: bool = False
     ) -> tuple[dict[str, np.ndarray], ModelRef]:
         try:
-            outputs, version = await self.backend.predict(model, inputs, signature)
+            predict = self.batcher.predict if self.batcher is not None else self.backend.predict
+            outputs, version = await predict(model, inputs, signature)
         except ModelNotInstalled as e:
             if optional:
                 raise FailedPrecondition(f"{e}. This server answers without it; install one to use this call") from None
@@ -73,6 +80,10 @@ class Models:
                 except InvalidInput:
                     bad.append(FieldViolation(f"{field}[{i}]", "corrupt image"))
             raise InvalidInput(f"{', '.join(v.field for v in bad) or field}: {e.message}", bad) from None
+
+    async def close(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.close()
 
     async def describe(self, model: str) -> ModelDescription:
         try:

@@ -1,0 +1,269 @@
+"""Dynamic batching: concurrent requests for one model run as one batch (bounded wait, bounded queue).
+
+Why: one model run on 16 images costs far less than 16 runs on one image, so concurrent single requests
+are worth joining. Requests for the same model and signature (with inputs that agree in all but the batch
+axis) are concatenated along the batch axis, run as one call, and the outputs are split back per request.
+When nothing of the model is running, the waiting requests go at once: there is nobody to wait for. What
+arrives while the model is busy waits and forms the next batch; when more batches of a model may run at once
+(`concurrency` > 1) and one is running, a further batch waits up to `max_wait_s` after its first request
+to fill up.
+
+Bounds, so that load cannot grow memory without limit:
+- at most `max_queued` items wait per model; past it a request is refused with `Overloaded`
+  (RESOURCE_EXHAUSTED with a retry hint) instead of queueing;
+- at most `concurrency` batches of one model run at once (the rest keep collecting requests).
+
+A request whose caller went away (deadline passed, call cancelled) before its batch started is dropped
+and never runs; a batch whose callers have all gone is cancelled (the in-process backend then drops it
+if it has not started). If the model refuses a batch because of one bad input (the graph refuses the
+whole batch), the batch is split in halves until the bad request is alone: only that request fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from prometheus_client import Counter, Gauge, Histogram
+
+from acg2vec_server.backends.inference import InferenceInputError
+from acg2vec_server.errors import Overloaded
+
+log = logging.getLogger(__name__)
+
+Outputs = tuple[dict[str, np.ndarray], int]
+Predict = Callable[[str, Mapping[str, np.ndarray], str], Awaitable[Outputs]]
+
+BATCH_ITEMS = Histogram(
+    "acg2vec_inference_batch_items", "Items per model run (dynamic batching)", ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)  # fmt: skip
+QUEUED_ITEMS = Gauge("acg2vec_inference_queued_items", "Items waiting for inference", ["model"])
+DROPPED = Counter(
+    "acg2vec_inference_dropped_total", "Requests dropped before they ran: the caller went away", ["model"]
+)
+REFUSED = Counter("acg2vec_inference_refused_total", "Requests refused: the model's queue was full", ["model"])
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    max_size: int = 32  # items in one model run; 1 turns batching off (the queue bound still applies)
+    max_wait_s: float = 0.005  # how long a batch waits for more requests while the model is busy
+    max_queued: int = 256  # items waiting per model before requests are refused
+    concurrency: int = 1  # batches of one model running at once
+
+
+@dataclass(eq=False)
+class _Job:
+    inputs: Mapping[str, np.ndarray]
+    size: int
+    arrived: float
+    shape: tuple
+    future: asyncio.Future[Outputs] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    queued: bool = True
+
+
+def batch_size_of(inputs: Mapping[str, np.ndarray]) -> int | None:
+    """The shared leading dimension of the inputs, or None when they cannot be batched."""
+    sizes = {v.shape[0] if isinstance(v, np.ndarray) and v.ndim >= 1 else -1 for v in inputs.values()}
+    if len(sizes) != 1:
+        return None
+    size = sizes.pop()
+    return size if size > 0 else None
+
+
+def shape_key(inputs: Mapping[str, np.ndarray]) -> tuple:
+    """Requests join one batch only when their inputs agree in everything but the batch axis."""
+    return tuple(sorted((k, v.dtype.str, v.shape[1:]) for k, v in inputs.items()))
+
+
+class _ModelQueue:
+    """The requests waiting for one model signature, and the task that batches them."""
+
+    def __init__(self, model: str, signature: str, policy: BatchPolicy, predict: Predict):
+        self.model, self.signature, self.policy, self.predict = model, signature, policy, predict
+        self.jobs: deque[_Job] = deque()
+        self.items = 0
+        self.running = 0
+        self.arrived = asyncio.Event()
+        self.slots = asyncio.Semaphore(policy.concurrency)
+        self.worker = asyncio.create_task(self._work(), name=f"batcher {model}/{signature}")
+        self.splittable = True  # False once a model run returned outputs without the batch axis
+
+    async def submit(self, inputs: Mapping[str, np.ndarray], size: int) -> Outputs:
+        if self.items and self.items + size > self.policy.max_queued:
+            REFUSED.labels(self.model).inc()
+            raise Overloaded(
+                f"the server is at capacity: {self.items} items already wait for model '{self.model}' "
+                f"(limit {self.policy.max_queued}); retry after the suggested delay, or send fewer requests at once"
+            )
+        job = _Job(inputs, size, asyncio.get_running_loop().time(), shape_key(inputs))
+        job.future.add_done_callback(lambda _: self._forget(job))
+        self.jobs.append(job)
+        self._count(size)
+        self.arrived.set()
+        return await job.future
+
+    def _count(self, delta: int) -> None:
+        self.items += delta
+        QUEUED_ITEMS.labels(self.model).inc(delta)
+
+    def _forget(self, job: _Job) -> None:
+        """A job that ends while still queued (its caller was cancelled) leaves the queue at once."""
+        if job.queued:
+            job.queued = False
+            self.jobs.remove(job)
+            self._count(-job.size)
+            DROPPED.labels(self.model).inc()
+
+    def _take(self) -> list[_Job]:
+        """The oldest job and the next ones of the same input shapes, up to max_size items."""
+        first = self.jobs[0]
+        batch, total = [first], first.size
+        if self.splittable:
+            for job in self.jobs:
+                if job is not first and job.shape == first.shape:
+                    if total + job.size > self.policy.max_size:
+                        break
+                    batch.append(job)
+                    total += job.size
+        for job in batch:
+            job.queued = False
+            self.jobs.remove(job)
+            self._count(-job.size)
+        return batch
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self.slots.acquire()
+            try:
+                while not self.jobs:
+                    self.arrived.clear()
+                    await self.arrived.wait()
+                if self.running:  # the model is busy: let the batch fill for a little while
+                    deadline = self.jobs[0].arrived + self.policy.max_wait_s
+                    while self.jobs and self.items < self.policy.max_size and (left := deadline - loop.time()) > 0:
+                        self.arrived.clear()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self.arrived.wait(), left)
+                batch = self._take() if self.jobs else []
+            except BaseException:
+                self.slots.release()
+                raise
+            if not batch:  # every waiting caller went away meanwhile
+                self.slots.release()
+                continue
+            self.running += 1
+            task = asyncio.create_task(self._run(batch))
+            task.add_done_callback(self._finished)
+            self._cancel_when_abandoned(batch, task)
+
+    def _finished(self, _: asyncio.Task[None]) -> None:
+        self.running -= 1
+        self.slots.release()
+
+    @staticmethod
+    def _cancel_when_abandoned(batch: list[_Job], task: asyncio.Task[None]) -> None:
+        def check(_: asyncio.Future[Outputs]) -> None:
+            if all(job.future.cancelled() for job in batch) and not task.done():
+                task.cancel()
+
+        for job in batch:
+            job.future.add_done_callback(check)
+
+    async def _run(self, jobs: list[_Job]) -> None:
+        jobs = [job for job in jobs if not job.future.done()]
+        if not jobs:
+            return
+        if len(jobs) == 1:
+            inputs = jobs[0].inputs
+        else:
+            inputs = {k: np.concatenate([job.inputs[k] for job in jobs]) for k in jobs[0].inputs}
+        total = sum(job.size for job in jobs)
+        BATCH_ITEMS.labels(self.model).observe(total)
+        try:
+            outputs, version = await self.predict(self.model, inputs, self.signature)
+        except InferenceInputError as e:
+            if len(jobs) == 1:
+                _settle(jobs[0], error=e)
+                return
+            half = len(jobs) // 2  # one bad input fails the whole batch: find it, fail only its request
+            await self._run(jobs[:half])
+            await self._run(jobs[half:])
+            return
+        except Exception as e:
+            for job in jobs:
+                _settle(job, error=e)
+            return
+        if len(jobs) == 1:
+            _settle(jobs[0], result=(outputs, version))
+            return
+        if any(np.ndim(v) == 0 or np.shape(v)[0] != total for v in outputs.values()):
+            log.warning("model %s/%s answers without a batch axis: running its requests one by one", *self.key)
+            self.splittable = False
+            for job in jobs:
+                await self._run([job])
+            return
+        start = 0
+        for job in jobs:
+            _settle(job, result=({k: v[start : start + job.size] for k, v in outputs.items()}, version))
+            start += job.size
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.model, self.signature
+
+    async def close(self) -> None:
+        self.worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.worker
+        for job in list(self.jobs):
+            job.future.cancel()
+
+
+def _settle(job: _Job, result: Outputs | None = None, error: BaseException | None = None) -> None:
+    if job.future.done():  # the caller went away while its batch ran
+        return
+    if error is not None:
+        job.future.set_exception(error)
+    else:
+        job.future.set_result(result)  # type: ignore[arg-type]
+
+
+class Batcher:
+    """Runs model signatures through per-model queues; same interface as InferenceBackend.predict."""
+
+    def __init__(self, predict: Predict, policy: BatchPolicy, max_sizes: Mapping[str, int] | None = None):
+        self._predict = predict
+        self.policy = policy
+        self.max_sizes = dict(max_sizes or {})
+        self._queues: dict[tuple[str, str], _ModelQueue] = {}
+
+    def policy_for(self, model: str) -> BatchPolicy:
+        size = self.max_sizes.get(model)
+        if size is None:
+            return self.policy
+        return BatchPolicy(size, self.policy.max_wait_s, self.policy.max_queued, self.policy.concurrency)
+
+    async def predict(
+        self, model: str, inputs: Mapping[str, np.ndarray], signature: str = "serving_default"
+    ) -> Outputs:
+        size = batch_size_of(inputs)
+        if size is None:  # e.g. the labels signature: no batch axis, nothing to join
+            return await self._predict(model, inputs, signature)
+        key = (model, signature)
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = _ModelQueue(model, signature, self.policy_for(model), self._predict)
+        return await queue.submit(inputs, size)
+
+    async def close(self) -> None:
+        for queue in self._queues.values():
+            await queue.close()
+        self._queues.clear()
