@@ -1,13 +1,16 @@
 # syntax=docker/dockerfile:1
-# acg2vec server image.
-#   docker build -t acg2vec:0.1.0 .                      # models mounted at /models at run time
-#   docker build -t acg2vec:0.1.0 --build-arg BAKE_MODELS=1 .   # default models baked into /models
+# acg2vec images. Two targets:
+#   docker build -t acg2vec:0.1.0 .                                    # the server; models mounted at /models
+#   docker build -t acg2vec:0.1.0 --build-arg BAKE_MODELS=1 .          # the server with the default models baked in
+#   docker build -t acg2vec-trainer:0.1.0 --target trainer .           # builds/trains models (PyTorch, Node.js)
 #   docker run -p 50051:50051 -p 9090:9090 -v "$PWD/var/models:/models:ro" -v "$PWD/secrets:/etc/acg2vec:ro" \
 #     -e ACG2VEC_AUTH_TOKENS_FILE=/etc/acg2vec/tokens -e ACG2VEC_TLS_CERT_FILE=/etc/acg2vec/tls.crt \
 #     -e ACG2VEC_TLS_KEY_FILE=/etc/acg2vec/tls.key acg2vec:0.1.0        # token auth is on by default (docs/security.md)
-# The same image runs `acg2vec serve` (default), `acg2vec index ...` and `acg2vec models build-defaults ...`.
+# The server image runs `acg2vec serve` (default) and `acg2vec index ...`; the trainer image runs
+# `acg2vec models build-defaults ...`, `acg2vec models import ...` and `acg2vec train ...`.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG BAKE_MODELS=0
 
 # ---------------------------------------------------------------------------------------------- builder
 FROM ${PYTHON_IMAGE} AS builder
@@ -26,16 +29,43 @@ RUN grep -v -i -E '^torch([=<>!~ ;[]|$)' constraints.txt > /tmp/constraints-serv
  && pip check \
  && if pip show torch >/dev/null 2>&1; then echo "torch must not be in the server image" >&2; exit 1; fi
 
+# ---------------------------------------------------------------------------------------------- trainer
+# What `acg2vec models build-defaults` needs beyond the server: PyTorch (the CPU build, from PyTorch's own CPU
+# index so that no CUDA build is ever pulled) and sentence-transformers to train the text model, Node.js and npm
+# to fetch nsfwjs and bangumi-data from the npm registry, and apt's package lists to fetch the openclipart
+# packages (`apt-get download`): the lists are kept on purpose.
+FROM builder AS trainer
+# hadolint ignore=DL3008,DL3009
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends nodejs npm \
+ && pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
+ && pip install -c constraints.txt ./clients/python '.[train]' \
+ && pip check \
+ && groupadd --system --gid 10001 acg2vec \
+ && useradd --system --uid 10001 --gid acg2vec --home-dir /tmp --shell /usr/sbin/nologin acg2vec \
+ && mkdir -p /models /cache \
+ && chown acg2vec:acg2vec /models /cache
+ENV HOME=/tmp \
+    npm_config_cache=/tmp/.npm \
+    ACG2VEC_MODEL_REPOSITORY=/models
+WORKDIR /cache
+USER 10001:10001
+ENTRYPOINT ["acg2vec"]
+CMD ["models", "build-defaults", "--repository", "/models", "--cache-dir", "/cache"]
+
 # ---------------------------------------------------------------------------------------------- models
-# BAKE_MODELS=1 builds the default models into /models (TF-Serving layout + models.config); otherwise
-# /models stays empty and is a mount point for a model repository volume.
-FROM builder AS models
-ARG BAKE_MODELS=0
-RUN mkdir -p /models \
- && if [ "$BAKE_MODELS" = "1" ]; then \
-      acg2vec models build-defaults --repository /models \
-      && python -c 'import os, pathlib; from acg2vec_models.repository import models_config; r = pathlib.Path("/models"); t = r / ".models.config.tmp"; t.write_text(models_config(r, "/models")); os.replace(t, r / "models.config")'; \
-    fi
+# BAKE_MODELS picks the stage: models-0 leaves /models empty (a mount point for a model repository volume) and
+# never builds the trainer; models-1 builds the default models into /models (TF-Serving layout + models.config).
+FROM builder AS models-0
+RUN mkdir -p /models
+
+FROM trainer AS models-1
+RUN acg2vec models build-defaults --repository /models --cache-dir /tmp/acg2vec-cache \
+ && python -c 'import os, pathlib; from acg2vec_models.repository import models_config; r = pathlib.Path("/models"); t = r / ".models.config.tmp"; t.write_text(models_config(r, "/models")); os.replace(t, r / "models.config")' \
+ && rm -rf /tmp/acg2vec-cache /tmp/.npm
+
+# hadolint ignore=DL3006
+FROM models-${BAKE_MODELS} AS models
 
 # ---------------------------------------------------------------------------------------------- runtime
 FROM ${PYTHON_IMAGE} AS runtime

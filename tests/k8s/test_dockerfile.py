@@ -252,14 +252,57 @@ def models_config_snippet(text: str) -> str:
     return m.group(1)
 
 
-def test_bake_models_builds_the_default_repository(dockerfile):
-    _, stages = dockerfile
-    models = next(s for s in stages if s.name == "models")
-    assert [i.args for i in models.all("ARG")] == ["BAKE_MODELS=0"], "models are baked only on request"
-    run = " ".join(i.args for i in models.all("RUN"))
-    assert '"$BAKE_MODELS" = "1"' in run and "acg2vec models build-defaults --repository /models" in run
+def stage(stages: list[Stage], name: str) -> Stage:
+    return next(s for s in stages if s.name == name)
+
+
+def test_bake_models_builds_the_default_repository_only_on_request(dockerfile):
+    global_args, stages = dockerfile
+    assert global_args.get("BAKE_MODELS") == "0", "models are baked only on request"
+    # `FROM models-${BAKE_MODELS} AS models`: BuildKit builds only the chosen stage, so a plain build never
+    # installs the trainer's PyTorch and Node.js
+    assert stage(stages, "models").base == "models-0"
+    empty, baked = stage(stages, "models-0"), stage(stages, "models-1")
+    assert "build-defaults" not in " ".join(i.args for i in empty.all("RUN"))
+    assert baked.base == "trainer", "the default models need the trainer's PyTorch and Node.js"
+    run = " ".join(i.args for i in baked.all("RUN"))
+    assert "acg2vec models build-defaults --repository /models" in run
     copies = [i.args for i in stages[-1].all("COPY") if "--from=models" in i.args]
     assert copies and copies[0].split()[-2:] == ["/models", "/models"]
+    assert not [i for i in stages[-1].all("COPY") if "--from=trainer" in i.args], "no torch in the server image"
+
+
+def test_trainer_stage_has_what_build_defaults_needs(dockerfile):
+    _, stages = dockerfile
+    trainer = stage(stages, "trainer")
+    assert trainer.base == "builder"
+    run = " ".join(i.args for i in trainer.all("RUN"))
+    pinned = next(line for line in (REPO / "constraints.txt").read_text().splitlines() if line.startswith("torch=="))
+    m = re.search(r"pip install --index-url (\S+) (torch==\S+)", run)
+    assert m, "torch must come from PyTorch's CPU index (PyPI's default torch is a CUDA build of several GB)"
+    assert m.group(1).rstrip("/").endswith("/whl/cpu") and m.group(2) == pinned
+    assert re.search(r"apt-get install [^&]*\bnodejs\b[^&]*\bnpm\b", run), "nsfwjs and bangumi-data come from npm"
+    assert "rm -rf /var/lib/apt/lists" not in run, "openclipart is fetched with apt-get download: keep the lists"
+    assert "-c constraints.txt" in run and "'.[train]'" in run
+    assert trainer.all("USER")[-1].args.split(":")[0] == "10001"
+    cmd = exec_form(trainer.all("CMD")[-1].args)
+    assert cmd[:2] == ["models", "build-defaults"] and "--cache-dir" in cmd
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_models_job_runs_the_trainer_image_with_a_writable_cache(overlay):
+    docs = build(REPO / "k8s" / "overlays" / overlay)
+    pod = checks.find(docs, "Job", "acg2vec-models")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    name = container["image"].rsplit(":", 1)[0]
+    assert name.endswith("/acg2vec-trainer"), f"{container['image']}: the server image has no PyTorch or Node.js"
+    script = " ".join(container.get("command", []) + container.get("args", []))
+    m = re.search(r"build-defaults --repository /models --cache-dir (\S+)", script)
+    assert m, script
+    mounts = {mt["mountPath"]: mt for mt in container["volumeMounts"]}
+    assert m.group(1) in mounts and not mounts[m.group(1)].get("readOnly")
+    env = {e["name"]: e.get("value") for e in container.get("env") or []}
+    assert env.get("HOME", "").startswith("/tmp") and "/tmp" in mounts, "npm and torch write under HOME"
 
 
 @pytest.mark.parametrize("source", ["Dockerfile", "k8s Job acg2vec-models"])
