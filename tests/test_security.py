@@ -332,14 +332,21 @@ async def test_streaming_calls_are_checked_before_any_message(secure_server: Sec
     def tag_requests():
         yield tagging_pb2.StreamTagImagesRequest(request_id="0", image=image_bytes(3))
 
+    async def nothing_yet():
+        """Sends no message and never half-closes: the verdict must come before any request. (It also keeps
+        the aio client clear of grpc/grpc#36066, a write racing the server's early status turned INTERNAL.)"""
+        await asyncio.Event().wait()
+        yield  # pragma: no cover - never reached
+
     async with tls_channel(secure_server) as channel:
         search = search_pb2_grpc.SearchServiceStub(channel)
         tagging = tagging_pb2_grpc.TaggingServiceStub(channel)
-        assert (await stream_status(tagging.StreamTagImages(tag_requests())))[0] == UNAUTHENTICATED
+        code, _, _ = await asyncio.wait_for(stream_status(tagging.StreamTagImages(nothing_yet())), 30)
+        assert code == UNAUTHENTICATED
         code, _, answers = await stream_status(tagging.StreamTagImages(tag_requests(), metadata=bearer(t["reader"])))
         assert code == grpc.StatusCode.OK and answers == 1
-        code, message, answers = await stream_status(
-            search.StreamIndexIllustrations(index_requests(), metadata=bearer(t["reader"]))
+        code, message, answers = await asyncio.wait_for(
+            stream_status(search.StreamIndexIllustrations(nothing_yet(), metadata=bearer(t["reader"]))), 30
         )
         assert code == PERMISSION_DENIED and answers == 0 and "'write' scope" in message
         code, _, answers = await stream_status(
