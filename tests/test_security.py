@@ -359,6 +359,28 @@ async def test_streaming_calls_are_checked_before_any_message(secure_server: Sec
             )
 
 
+async def test_index_cli_with_a_read_only_token_fails_with_permission_denied(secure_server: SecureServer, tmp_path):
+    """`acg2vec index` over TLS with a token that lacks the write scope: exit 1, nothing indexed, and a summary
+    that ends on PERMISSION_DENIED and names the scope (a stream lost to grpc's INTERNAL race, grpc/grpc#36066, is
+    retried until the real status comes through)."""
+    pki = secure_server.pki
+    (tmp_path / "images").mkdir()
+    for i in range(3):
+        (tmp_path / "images" / f"{i}.png").write_bytes(image_bytes(60 + i))
+    (tmp_path / "token").write_text(secure_server.tokens["reader"] + "\n")
+    args = [
+        ACG2VEC, "index", str(tmp_path / "images"), "--target", secure_server.target, "--no-progress",
+        "--token-file", str(tmp_path / "token"), "--tls-ca-file", str(pki.ca),
+        "--tls-cert-file", str(pki.client_cert), "--tls-key-file", str(pki.client_key),
+        "--journal", str(tmp_path / "journal"),
+    ]  # fmt: skip
+    for _ in range(3):  # the race hit about one run in three before the fix
+        run = await asyncio.to_thread(subprocess.run, args, capture_output=True, text=True, timeout=180)
+        assert run.returncode == 1, run.stdout + run.stderr
+        output = run.stdout + run.stderr
+        assert "ABORTED: PERMISSION_DENIED" in output and "'write' scope" in output, output
+
+
 async def test_tokens_never_reach_the_logs(secure_server: SecureServer, caplog, capfd):
     """The access log names the token (client=writer) and the outcome, never the token itself; nor does
     anything else the server logs (grpc's own stderr included)."""

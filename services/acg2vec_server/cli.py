@@ -56,6 +56,10 @@ def setup_logging(level: str) -> None:
     )
     for noisy in ("absl", "tensorflow", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # grpc's *synchronous* server logs handler exceptions here. Our server is grpc.aio (it logs elsewhere); the
+    # only sync server in the process is Milvus Lite's, which answers pymilvus' optional AllocTimestamp call with
+    # a logged NotImplementedError traceback on every connect: noise that looks like a failure.
+    logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})

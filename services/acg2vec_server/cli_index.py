@@ -395,8 +395,12 @@ class Indexer:
                         break
                     await asyncio.sleep(self._delay(failures))
                 except grpc.aio.AioRpcError as e:
+                    # INTERNAL "RST_STREAM": a connection cut. INTERNAL "Internal error from Core": grpc/grpc#36066,
+                    # the aio client's write racing the server's early status (e.g. PERMISSION_DENIED for a token
+                    # without the write scope) replaces that status; the next stream gets the real one.
                     retryable = e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) or (
-                        e.code() == grpc.StatusCode.INTERNAL and "RST_STREAM" in (e.details() or "")
+                        e.code() == grpc.StatusCode.INTERNAL
+                        and any(s in (e.details() or "") for s in ("RST_STREAM", "Internal error from Core"))
                     )
                     failures += 1
                     self._requeue(session)
