@@ -50,6 +50,36 @@ async def index(stubs, id: str, image: bytes, **fields: str) -> search_pb2.Illus
     return response.illustration
 
 
+async def test_pages_with_tied_scores_return_every_hit_once(stubs):
+    """Identical images give identical vectors, so scores tie; paging through them must still return each
+    illustration exactly once (the order within a tie is by id, the same on every page)."""
+    ids = [f"tie-{i:02d}" for i in range(23)]
+    for i, id in enumerate(ids):
+        await index(stubs, id, image_bytes(1300 + i % 3), set="ties")
+    query = search_pb2.VectorQuery(
+        values=(
+            await stubs.search.GetIllustration(search_pb2.GetIllustrationRequest(id=ids[0], include_vectors=True))
+        ).illustration.image_vector.values,
+        space=search_pb2.VECTOR_SPACE_IMAGE,
+    )
+    flt = search_pb2.SearchFilter(fields={"set": "ties"})
+    for rerank in (False, True):
+        seen, token = [], ""
+        while True:
+            page = await stubs.search.Search(
+                search_pb2.SearchRequest(vector=query, top_k=4, filter=flt, page_token=token, exact_rerank=rerank)
+            )
+            seen += [h.id for h in page.hits]
+            token = page.next_page_token
+            if not token:
+                break
+        assert sorted(seen) == ids, (
+            f"rerank={rerank}: missing {set(ids) - set(seen)}, twice {len(seen) - len(set(seen))}"
+        )
+    for id in ids:
+        await stubs.search.DeleteIllustration(search_pb2.DeleteIllustrationRequest(id=id))
+
+
 async def test_edited_copy_finds_its_original_first(stubs):
     originals = {f"rev-{i}": image_bytes(1000 + i, size=(160, 120)) for i in range(12)}
     originals["rev-sample"] = SAMPLE_PNG.read_bytes()

@@ -391,13 +391,32 @@ class Illustrations:
             )
             page = [(id, s) for s, id in scored[offset : offset + top_k + 1]]
         else:
-            page = [(h.id, h.score) for h in await self.vectors.search(space, vector, top_k + 1, offset, flt, exclude)]
+            page = await self._ranked_window(space, vector, offset, top_k, flt, exclude)
         has_more = len(page) > top_k
         page = page[:top_k]
         records = await self.meta.get_many([id for id, _ in page])
         hits = [Hit(id, score, records[id]) for id, score in page if id in records and records[id].state != "deleting"]
         token = encode_page_token(offset + top_k, fingerprint) if has_more else ""
         return SearchPage(hits, token, space, model)
+
+    async def _ranked_window(
+        self, space: Space, vector: np.ndarray, offset: int, top_k: int, flt: SearchFilter, exclude: str
+    ) -> list[tuple[str, float]]:
+        """Hits offset .. offset+top_k (one more to tell whether a next page exists), ranked by score and then id.
+
+        Milvus orders equal scores (identical images) arbitrarily, and differently for each offset and limit, so
+        paging with its own offset skips some tied hits and repeats others. Instead every page ranks the same
+        window from the top, and the window grows until the tie at its far end is complete."""
+        need = offset + top_k + 1
+        window = min(MAX_WINDOW, need + 16)
+        while True:
+            hits = sorted(
+                await self.vectors.search(space, vector, window, 0, flt, exclude), key=lambda h: (-h.score, h.id)
+            )
+            complete = len(hits) < window or len(hits) <= need or hits[-1].score < hits[need - 1].score
+            if complete or window >= MAX_WINDOW:
+                return [(h.id, h.score) for h in hits[offset:need]]
+            window = min(MAX_WINDOW, window * 2)
 
     def _check_vector(self, values: list[float], space: Space) -> np.ndarray:
         dims = self.vectors.dims
