@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import shutil
 import sys
 import time
@@ -98,6 +99,10 @@ async def load(args: argparse.Namespace, data: Path) -> None:
     print(json.dumps({"load_s": round(time.perf_counter() - start, 1), "n": args.n}))
 
 
+def load_entry(args: argparse.Namespace, data: Path) -> None:
+    asyncio.run(load(args, data))
+
+
 def ground_truth(queries: np.ndarray, n: int, dim: int, k: int = 10) -> list[list[str]]:
     best_scores = np.full((len(queries), 0), -np.inf, np.float32)
     best_ids = np.zeros((len(queries), 0), np.int64)
@@ -174,7 +179,13 @@ async def main() -> None:
         shutil.rmtree(data)
     data.mkdir(parents=True, exist_ok=True)
     if not (data / ".loaded").exists():
-        await load(args, data)
+        # Milvus Lite keeps its data dir locked for as long as the process that opened it lives: load in a child
+        # process, so that the server can open the data afterwards.
+        child = multiprocessing.get_context("spawn").Process(target=load_entry, args=(args, data))
+        child.start()
+        await asyncio.to_thread(child.join)
+        if child.exitcode != 0:
+            raise SystemExit(f"loading the data set failed (exit code {child.exitcode})")
         (data / ".loaded").write_text("ok")
     models = shaped_repository(ROOT / ".cache" / "bench" / f"models-{args.image_dim}-{args.text_dim}",
                                args.image_dim, args.text_dim)  # fmt: skip
