@@ -386,8 +386,9 @@ class Illustrations:
             window = min(MAX_WINDOW, max(4 * (offset + top_k), 64))
             candidates = await self.vectors.search(space, vector, window, 0, flt, exclude)
             stored = await self.vectors.get_vectors([c.id for c in candidates], space)
-            scored = sorted(
-                ((float(np.dot(stored[c.id], vector)), c.id) for c in candidates if c.id in stored), reverse=True
+            scored = sorted(  # by score, ties by id, as in _ranked_window
+                ((float(np.dot(stored[c.id], vector)), c.id) for c in candidates if c.id in stored),
+                key=lambda s: (-s[0], s[1]),
             )
             page = [(id, s) for s, id in scored[offset : offset + top_k + 1]]
         else:
