@@ -52,6 +52,26 @@ def test_tendis_unsupported_commands_are_disabled(redis_server: EmbeddedRedis):
     assert client.ping()
 
 
+async def test_pooled_connections_recover_at_once_after_a_redis_restart(tmp_path):
+    """Every connection in the pool dies with the server; once it is back, no call may fail on one of them."""
+    import asyncio
+
+    server = EmbeddedRedis(tmp_path / "r")
+    server.start()
+    store = RedisMetadataStore(server.url, prefix="test:v1")
+    try:
+        await store.put(record("kept"))
+        await asyncio.gather(*(store.get("kept") for _ in range(20)))  # 20 connections in the pool
+        server.kill()
+        server.start()
+        results = await asyncio.gather(*(store.get("kept") for _ in range(20)), return_exceptions=True)
+        assert [r for r in results if isinstance(r, BaseException)] == []
+        assert all(r is not None and r.id == "kept" for r in results)
+    finally:
+        await store.close()
+        server.stop()
+
+
 async def test_metadata_roundtrip_and_restart_keeps_data(tmp_path):
     server = EmbeddedRedis(tmp_path / "r")
     server.start()

@@ -17,6 +17,8 @@ from typing import Any, Protocol
 import numpy as np
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -99,6 +101,10 @@ class RedisMetadataStore:
         self.prefix = prefix
         common: dict[str, Any] = {
             "socket_timeout": timeout_s, "socket_connect_timeout": timeout_s, "max_connections": max_connections,
+            # After a Redis restart every pooled connection is dead, and without a retry each one fails a call
+            # (UNAVAILABLE) while Redis is up again. Retry connection errors twice on a fresh connection, quickly;
+            # not timeouts, so that a hung Redis still fails within socket_timeout. Our writes are idempotent.
+            "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), 2, supported_errors=(RedisConnectionError,)),
         }  # fmt: skip
         self._redis: Any = RedisCluster.from_url(url, **common) if cluster else aioredis.Redis.from_url(url, **common)
         # redis-py's asyncio pools fail a command outright ("Too many connections") once max_connections are busy;
