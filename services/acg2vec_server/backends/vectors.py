@@ -36,13 +36,6 @@ class VectorStore(Protocol):
     #: (image, text) dimensions once the collection is ready, else None.
     dims: tuple[int, int] | None
 
-    def index_params(self) -> dict[str, Any]:
-        if self.index_type == "HNSW":
-            return dict(self.hnsw)
-        if self.index_type.startswith("IVF"):
-            return {"nlist": self.ivf_nlist}
-        return {}
-
     async def ensure_collection(self, image_dim: int, text_dim: int) -> None: ...
     async def upsert(self, rows: list[VectorRow]) -> None: ...
     async def delete(self, ids: list[str]) -> None: ...
