@@ -114,5 +114,8 @@ while [ "$k" -lt "$N" ]; do
 done
 
 for node in "$@"; do wait_until "cluster_state:ok on $node" cluster_ok "$node"; done
+# CLUSTER REPLICATE is told to one node; the others learn of it by gossip. Done when every node sees every replica.
+sees_replicas() { [ "$(cli "$1" cluster nodes | tr -d '\r' | awk '$3 ~ /slave/' | wc -l)" -eq $((N - M)) ]; }
+for node in "$@"; do wait_until "$node to see all $((N - M)) replicas" sees_replicas "$node"; done
 echo "cluster formed:"
 cli "$first" cluster nodes
