@@ -24,9 +24,9 @@ from _load_common import models_or_dev
 
 from acg2vec_server.backends.inprocess import InProcessBackend
 from acg2vec_server.domain.batching import Batcher, BatchPolicy
-from acg2vec_server.domain.inference import Models
+from acg2vec_server.domain.errors import InvalidInput, TooLarge
 from acg2vec_server.domain.inputs import Limits, check_image
-from acg2vec_server.errors import InvalidInput, TooLarge
+from acg2vec_server.domain.models import Models
 from acg2vec_server.settings import Settings
 from tests.image_fuzz import base_images, mutate
 

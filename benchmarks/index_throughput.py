@@ -46,8 +46,8 @@ def _cache_dir() -> Path:
 
 async def bare(repository: Path, images: list[bytes], batch: int) -> float:
     from acg2vec_server.backends.inprocess import InProcessBackend
-    from acg2vec_server.domain.illustrations import tag_text
-    from acg2vec_server.domain.inference import Models
+    from acg2vec_server.domain.illustrations.indexing import tag_text
+    from acg2vec_server.domain.models import Models
     from acg2vec_server.domain.tagging import Tagger
     from acg2vec_server.domain.types import IllustrationMetadata, TagOptions
 

@@ -46,9 +46,9 @@ def chunk(i: int, n: int, dim: int) -> np.ndarray:
 
 async def load(args: argparse.Namespace, data: Path) -> None:
     from acg2vec_server.backends.embedded_redis import EmbeddedRedis
-    from acg2vec_server.backends.metadata import RedisMetadataStore
-    from acg2vec_server.backends.vectors import MilvusVectorStore
-    from acg2vec_server.domain.illustrations import to_row
+    from acg2vec_server.backends.milvus import MilvusVectorStore
+    from acg2vec_server.backends.redis import RedisMetadataStore
+    from acg2vec_server.domain.illustrations.consistency import to_row
     from acg2vec_server.domain.types import IllustrationMetadata, IllustrationRecord, ModelRef, TagScore
 
     redis = EmbeddedRedis(data / "redis")

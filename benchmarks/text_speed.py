@@ -42,7 +42,7 @@ def rate(run, texts: list[str], batch: int, min_texts: int) -> float:
 
 async def in_process(root: Path, model: str, texts: list[str], batches: list[int], min_texts: int) -> None:
     from acg2vec_server.backends.inprocess import InProcessBackend
-    from acg2vec_server.domain.inference import Models
+    from acg2vec_server.domain.models import Models
 
     backend = InProcessBackend(root)
     models = Models(backend, "tagger", "illust2vec", model, "deepix")

@@ -17,9 +17,9 @@ import pytest_asyncio
 
 from acg2vec.v1 import image_feature_pb2_grpc, search_pb2_grpc, tagging_pb2_grpc, text_feature_pb2_grpc
 from acg2vec_server.app import Application
-from acg2vec_server.auth import hash_token, make_token
 from acg2vec_server.backends.embedded_redis import EmbeddedRedis
 from acg2vec_server.settings import Settings
+from acg2vec_server.transport.auth import hash_token, make_token
 from tests.helpers import dev_model_repository
 from tests.pki import Pki
 

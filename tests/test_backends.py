@@ -7,8 +7,9 @@ import pytest
 import redis
 
 from acg2vec_server.backends.embedded_redis import EmbeddedRedis
-from acg2vec_server.backends.metadata import RedisMetadataStore
-from acg2vec_server.backends.vectors import MilvusVectorStore, filter_expression
+from acg2vec_server.backends.milvus import MilvusVectorStore, filter_expression
+from acg2vec_server.backends.redis import RedisMetadataStore
+from acg2vec_server.domain.errors import BackendUnavailable, FailedPrecondition
 from acg2vec_server.domain.types import (
     IllustrationMetadata,
     IllustrationRecord,
@@ -17,7 +18,6 @@ from acg2vec_server.domain.types import (
     TagScore,
     VectorRow,
 )
-from acg2vec_server.errors import BackendUnavailable, FailedPrecondition
 
 
 def record(id: str, seed: int = 0) -> IllustrationRecord:

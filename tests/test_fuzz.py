@@ -21,8 +21,8 @@ from acg2vec.v1 import (
     tagging_pb2,
     text_feature_pb2,
 )
+from acg2vec_server.domain.errors import InvalidInput, TooLarge
 from acg2vec_server.domain.inputs import check_image
-from acg2vec_server.errors import InvalidInput, TooLarge
 from tests.helpers import image_bytes
 from tests.image_fuzz import base_images, mutate
 from tests.proto_strategies import messages

@@ -17,7 +17,7 @@ from PIL import Image
 from acg2vec.v1 import common_pb2, tagging_pb2
 from acg2vec_models.preprocessing import ImagePreprocessing, preprocess_batch
 from acg2vec_models.vocab import WD14_SELECTED_TAGS, read_selected_tags_csv
-from acg2vec_server.cli import main
+from acg2vec_server.cli.main import main
 from tests.helpers import copy_repository, dev_model_repository, image_bytes
 from tests.model_server import serving
 from tests.source_models import (

@@ -65,7 +65,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     manifest = write_manifest(base / "data")
     repo = copy_repository(dev_model_repository(), base / "repo", only=["acgvoc2vec"])
     work = base / "work-tagger"
-    command = [sys.executable, "-m", "acg2vec_server.cli", "train", "tagger", "--manifest", str(manifest),
+    command = [sys.executable, "-m", "acg2vec_server.cli.main", "train", "tagger", "--manifest", str(manifest),
                "--repository", str(repo), "--work-dir", str(work), *SMALL_FLAGS, "--epochs", "500",
                "--batch-size", "4", "--held-out-fraction", "0.25", "--checkpoint-every", "2"]  # fmt: skip
     killed_at = kill_after_first_checkpoint(command, base / "killed.log")

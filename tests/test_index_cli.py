@@ -17,9 +17,10 @@ import pytest
 import pytest_asyncio
 import yaml
 
+from acg2vec.indexer.journal import Journal
+from acg2vec.indexer.sources import manifest_item, shard_of
 from acg2vec.v1 import search_pb2, search_pb2_grpc
 from acg2vec_server.app import Application
-from acg2vec_server.cli_index import Journal, manifest_item, shard_of
 from tests.helpers import ROOT, image_bytes
 
 ACG2VEC = str(Path(sys.executable).parent / "acg2vec")

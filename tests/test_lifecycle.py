@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from acg2vec.v1 import search_pb2, search_pb2_grpc, tagging_pb2, tagging_pb2_grpc
 from acg2vec_server.backends.embedded_redis import EmbeddedRedis, free_port
-from acg2vec_server.backends.metadata import RedisMetadataStore
+from acg2vec_server.backends.redis import RedisMetadataStore
 from tests.helpers import image_bytes
 
 ACG2VEC = str(Path(sys.executable).parent / "acg2vec")

@@ -16,14 +16,14 @@ from grpc_status import rpc_status
 from PIL import Image
 
 from acg2vec.v1 import tagging_pb2, tagging_pb2_grpc
-from acg2vec_server.admission import AdmissionInterceptor, client_key
-from acg2vec_server.backends.inference import InferenceInputError
 from acg2vec_server.domain.batching import DROPPED, Batcher, BatchPolicy
+from acg2vec_server.domain.errors import InvalidInput, Overloaded
 from acg2vec_server.domain.inputs import Limits, check_image
-from acg2vec_server.errors import InvalidInput, Overloaded
-from acg2vec_server.interceptors import IN_FLIGHT
-from acg2vec_server.servicers.services import TaggingServicer
+from acg2vec_server.domain.ports import InferenceInputError
 from acg2vec_server.settings import Settings
+from acg2vec_server.transport.admission import AdmissionInterceptor, client_key
+from acg2vec_server.transport.observability import IN_FLIGHT
+from acg2vec_server.transport.servicers.services import TaggingServicer
 from tests.helpers import image_bytes
 
 

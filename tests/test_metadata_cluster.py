@@ -14,9 +14,10 @@ from redis.crc import key_slot
 
 from acg2vec_server.app import Application
 from acg2vec_server.backends.embedded_redis import EmbeddedRedis
-from acg2vec_server.backends.metadata import RedisMetadataStore
-from acg2vec_server.backends.vectors import MilvusVectorStore
-from acg2vec_server.domain.illustrations import IndexItem, Query
+from acg2vec_server.backends.milvus import MilvusVectorStore
+from acg2vec_server.backends.redis import RedisMetadataStore
+from acg2vec_server.domain.illustrations.indexing import IndexItem
+from acg2vec_server.domain.illustrations.search import Query
 from acg2vec_server.domain.types import IllustrationMetadata, SearchFilter, VectorRow
 from acg2vec_server.settings import Settings
 from tests.helpers import image_bytes

@@ -13,11 +13,12 @@ from PIL import Image, ImageDraw
 
 from acg2vec.v1 import common_pb2, search_pb2
 from acg2vec_server.app import Application
-from acg2vec_server.domain.illustrations import Illustrations, IndexItem
-from acg2vec_server.domain.inference import Models
+from acg2vec_server.domain.errors import BackendUnavailable
+from acg2vec_server.domain.illustrations import Illustrations
+from acg2vec_server.domain.illustrations.indexing import IndexItem
+from acg2vec_server.domain.models import Models
 from acg2vec_server.domain.tagging import Tagger
 from acg2vec_server.domain.types import IllustrationMetadata
-from acg2vec_server.errors import BackendUnavailable
 from tests.helpers import SAMPLE_PNG, SHARED_IMAGES, image_bytes
 
 

@@ -27,10 +27,10 @@ from acg2vec.v1 import (
     text_feature_pb2,
     text_feature_pb2_grpc,
 )
-from acg2vec_server.auth import METHOD_SCOPES, AuthConfigError, TokenStore, hash_token, parse_tokens
-from acg2vec_server.security import Security, SecurityConfigError, is_loopback
 from acg2vec_server.settings import Settings
-from acg2vec_server.tls import server_credentials
+from acg2vec_server.transport.auth import METHOD_SCOPES, AuthConfigError, TokenStore, hash_token, parse_tokens
+from acg2vec_server.transport.security import Security, SecurityConfigError, is_loopback
+from acg2vec_server.transport.tls import server_credentials
 from tests.conftest import SecureServer
 from tests.helpers import ROOT, image_bytes
 from tests.pki import CertificateAuthority, Pki
@@ -482,7 +482,7 @@ async def test_cli_connection_flags_reach_a_secured_server(secure_server: Secure
     from click.testing import CliRunner
 
     from acg2vec.client import Acg2vecClient
-    from acg2vec_server.cli_connection import client_kwargs, connection_options
+    from acg2vec.indexer.connection import client_kwargs, connection_options
 
     @click.command()
     @connection_options

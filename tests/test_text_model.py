@@ -19,8 +19,8 @@ from acg2vec_models.text.importer import CHECK_TEXTS, UnsupportedModel, import_s
 from acg2vec_server.app import Application
 from acg2vec_server.backends.inprocess import InProcessBackend
 from acg2vec_server.backends.tfserving import TFServingBackend
-from acg2vec_server.backends.tfserving_emulator import start_emulator
-from acg2vec_server.domain.inference import Models
+from acg2vec_server.domain.models import Models
+from acg2vec_server.testing.tfserving_emulator import start_emulator
 from tests.conftest import make_settings
 from tests.helpers import ROOT, copy_repository
 from tests.test_tfserving import wait_for
@@ -55,7 +55,7 @@ def minilm_folder() -> Path:
 @pytest.fixture(scope="module")
 def text_repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory, use_port_folder, minilm_folder) -> Path:
     """Dev image models + acgvoc2vec (the USE port) + minilm, both imported with the CLI."""
-    from acg2vec_server.cli import main
+    from acg2vec_server.cli.main import main
 
     root = copy_repository(model_repo, tmp_path_factory.mktemp("text-repo"), only=["tagger", "illust2vec", "deepix"])
     for folder, name, flags in ((use_port_folder, "acgvoc2vec", ["--no-check"]), (minilm_folder, "minilm", [])):
@@ -113,7 +113,7 @@ def test_use_port_reproduces_the_numpy_reference():
 
 def test_bangumi_pairs_hold_out_whole_anime(tmp_path):
     from acg2vec_models.datasets import bangumi
-    from acg2vec_server.cli import main
+    from acg2vec_server.cli.main import main
 
     cache = ROOT / ".cache" / "text"  # the pinned package, fetched with npm once
     result = CliRunner().invoke(main, ["text", "build-pairs", "--cache-dir", str(cache), "--out", str(tmp_path)])

@@ -12,11 +12,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from acg2vec.v1 import image_feature_pb2, image_feature_pb2_grpc, tagging_pb2, tagging_pb2_grpc
 from acg2vec_server.app import Application
-from acg2vec_server.backends.inference import ModelNotInstalled
 from acg2vec_server.backends.inprocess import InProcessBackend
 from acg2vec_server.backends.tfserving import TFServingBackend
-from acg2vec_server.backends.tfserving_emulator import start_emulator
-from acg2vec_server.errors import BackendUnavailable
+from acg2vec_server.domain.errors import BackendUnavailable
+from acg2vec_server.domain.ports import ModelNotInstalled
+from acg2vec_server.testing.tfserving_emulator import start_emulator
 from tests.conftest import make_settings
 from tests.helpers import SAMPLE_PNG, image_bytes
 

@@ -2,7 +2,8 @@
 
 Names: "" (all four services serving), "liveness" (the process answers), and each acg2vec.v1 service.
 A service is NOT_SERVING while a backend or model it needs is unavailable, and SERVING again as soon
-as a probe sees it back; no restart needed.
+as a probe sees it back; no restart needed. Reports only: what acts on the probes (the background repair,
+domain/illustrations/consistency.py) reads them through `stores_ready`.
 """
 
 from __future__ import annotations
@@ -12,11 +13,10 @@ import logging
 
 from grpc_health.v1 import health, health_pb2
 
-from acg2vec_server.backends.inference import InferenceBackend
-from acg2vec_server.backends.metadata import MetadataStore
-from acg2vec_server.backends.vectors import VectorStore
+from acg2vec_server.domain.errors import Acg2vecError
+from acg2vec_server.domain.periodic import Periodic
+from acg2vec_server.domain.ports import InferenceBackend, MetadataStore, VectorStore
 from acg2vec_server.domain.service import Domain
-from acg2vec_server.errors import Acg2vecError
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +36,9 @@ class HealthMonitor:
         self.servicer, self.domain, self.inference, self.meta, self.vectors = servicer, domain, inference, meta, vectors
         self.interval_s = interval_s
         self.problems: dict[str, str] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._was_down: set[str] = set()
-        self._stopping = False
+        #: The last probe's verdict per backend, model and the vector collection.
+        self.last: dict[str, bool] = {}
+        self._periodic = Periodic(self.probe_once, interval_s, "health probe")
 
     async def _check(self, name: str, probe, timeout_s: float | None = None) -> bool:
         try:
@@ -68,11 +68,7 @@ class HealthMonitor:
             ok["collection"] = await self._check("collection", self.domain.illustrations.ensure_ready())
         else:
             ok["collection"] = False
-        if ok["metadata"] and ok["collection"] and self._was_down & {"metadata", "collection"}:
-            await self._check("repair", self.domain.illustrations.repair())
-        elif ok["metadata"] and ok["collection"]:  # writes that failed part-way (e.g. a Milvus timeout)
-            await self._check("repair", self.domain.illustrations.repair_stale())
-        self._was_down = {k for k, v in ok.items() if not v}
+        self.last = ok
         serving = {
             TAGGING: ok[m.tagger],
             IMAGE_FEATURE: ok[m.image],
@@ -84,28 +80,19 @@ class HealthMonitor:
         await self.set("", all(serving.values()))
         return serving
 
+    def stores_ready(self) -> bool:
+        """Both stores answered the last probe and the vector collection is ready: writes can be finished."""
+        return self.last.get("metadata", False) and self.last.get("collection", False)
+
     async def set(self, service: str, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         await self.servicer.set(service, status)
 
-    async def _loop(self) -> None:
-        # A flag as well as cancel(): asyncio.wait_for in Python 3.11 can swallow a cancellation that
-        # arrives as its inner call completes, which would leave this loop running forever.
-        while not self._stopping:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self.probe_once()
-            except Exception:
-                log.exception("health probe failed")
-
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop())
+        self._periodic.start()
 
     async def stop(self) -> None:
         """Everything NOT_SERVING (load balancers stop routing here), then the probes stop."""
-        self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait([self._task], timeout=5)
+        await self._periodic.stop()
         for service in (*SERVICES, ""):
             await self.set(service, False)

@@ -17,13 +17,9 @@ from typing import Any
 import numpy as np
 
 from acg2vec_models import repository
-from acg2vec_server.backends.inference import (
-    InferenceInputError,
-    ModelDescription,
-    ModelNotInstalled,
-    signature_infos,
-)
-from acg2vec_server.errors import BackendUnavailable
+from acg2vec_server.backends.signatures import read_signature_defs, signature_infos
+from acg2vec_server.domain.errors import BackendUnavailable
+from acg2vec_server.domain.ports import InferenceInputError, ModelDescription, ModelNotInstalled
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +28,6 @@ log = logging.getLogger(__name__)
 class _Loaded:
     description: ModelDescription
     module: Any
-
-
-def read_signature_defs(path: Path) -> dict[str, Any]:
-    """SignatureDefs straight from saved_model.pb, exactly what TF-Serving's GetModelMetadata returns."""
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    saved = saved_model_pb2.SavedModel()
-    saved.ParseFromString((path / repository.SAVED_MODEL_FILE).read_bytes())
-    return dict(saved.meta_graphs[0].signature_def)
 
 
 def tf_error_summary(message: str) -> str:

@@ -10,13 +10,9 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
-from acg2vec_server.backends.inference import (
-    InferenceInputError,
-    ModelDescription,
-    ModelNotInstalled,
-    signature_infos,
-)
-from acg2vec_server.errors import BackendUnavailable
+from acg2vec_server.backends.signatures import signature_infos
+from acg2vec_server.domain.errors import BackendUnavailable
+from acg2vec_server.domain.ports import InferenceInputError, ModelDescription, ModelNotInstalled
 
 _UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
-from acg2vec_server.backends.inference import InferenceInputError
-from acg2vec_server.errors import Overloaded
+from acg2vec_server.domain.errors import Overloaded
+from acg2vec_server.domain.ports import InferenceInputError
 
 log = logging.getLogger(__name__)
 

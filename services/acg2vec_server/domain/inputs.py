@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from acg2vec_server.errors import FieldViolation, InvalidInput, TooLarge
+from acg2vec_server.domain.errors import FieldViolation, InvalidInput, TooLarge
 
 Image.MAX_IMAGE_PIXELS = None  # we apply our own, configurable limit (and a clearer message) below
 #: Formats the in-graph decoder reads as they are; others are re-encoded to PNG first.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from acg2vec_models.image.popularity_bins import BOOKMARK_EDGES, SANITY_EDGES, VIEW_EDGES
-from acg2vec_server.domain.inference import Labels, Models
+from acg2vec_server.domain.models import Labels, Models
 from acg2vec_server.domain.types import RATING_TAGS, ImageTags, Popularity, PopularityBin, TagOptions, TagScore
 
 CATEGORIES = ("general", "character", "copyright", "artist", "meta", "rating")

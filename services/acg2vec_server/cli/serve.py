@@ -1,0 +1,38 @@
+"""`acg2vec serve`: the gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import click
+
+from acg2vec_server.cli.options import make_settings, settings_options, setup_logging
+
+
+@click.command()
+@settings_options
+def serve(**overrides: Any) -> None:
+    """Run the gRPC server (embedded backends unless configured otherwise)."""
+    from acg2vec_server.transport.security import Security, SecurityConfigError
+
+    settings = make_settings(overrides)
+    setup_logging(settings.log_level)
+    try:
+        Security.from_settings(settings)  # fail fast, before the heavy imports and any backend
+    except SecurityConfigError as e:
+        raise click.ClickException(f"refusing to start: {e}") from None
+
+    from acg2vec_models import repository
+    from acg2vec_server.app import serve as run
+
+    if settings.inference_backend == "inprocess" and not repository.model_names(settings.models_root):
+        logging.getLogger("acg2vec").warning(
+            "model repository %s is empty: run `acg2vec models build-defaults` (services stay NOT_SERVING until then)",
+            settings.models_root,
+        )
+    try:
+        asyncio.run(run(settings))
+    except SecurityConfigError as e:
+        raise click.ClickException(f"refusing to start: {e}") from None

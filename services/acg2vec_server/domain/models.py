@@ -1,0 +1,150 @@
+"""The domain's view of the models: named roles (tagger, image/text embedder, popularity) over a backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from acg2vec_models.text.tokens import IDS_INPUT, TOKENIZER_OUTPUT, TOKENIZER_SIGNATURE, TextTokenizer
+from acg2vec_server.domain.batching import Batcher
+from acg2vec_server.domain.errors import BackendUnavailable, FailedPrecondition, FieldViolation, InvalidInput
+from acg2vec_server.domain.ports import InferenceBackend, InferenceInputError, ModelDescription, ModelNotInstalled
+from acg2vec_server.domain.types import Embedding, ModelRef
+
+
+@dataclass(frozen=True)
+class Labels:
+    version: int
+    names: list[str]
+    categories: np.ndarray  # object array of category names, aligned with names
+
+
+@dataclass(frozen=True)
+class TextInputs:
+    """How the text model's version `version` takes its input: raw strings, or token ids from its tokenizer."""
+
+    version: int
+    tokenizer: TextTokenizer | None  # None: serving_default takes `text` and tokenises in the graph
+
+    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
+        if self.tokenizer is None:
+            return {"text": np.array([t.encode() for t in texts], dtype=object)}
+        return self.tokenizer(texts)
+
+
+class Models:
+    """Runs the configured models; turns backend failures into domain errors with a fix in the message."""
+
+    def __init__(
+        self, backend: InferenceBackend, tagger: str, image: str, text: str, popularity: str,
+        batcher: Batcher | None = None,
+    ):  # fmt: skip
+        self.backend = backend
+        self.tagger, self.image, self.text, self.popularity = tagger, image, text, popularity
+        self._labels: Labels | None = None
+        self._text_inputs: TextInputs | None = None
+        #: Joins concurrent requests into model-sized batches (domain/batching.py); None runs each as it comes.
+        self.batcher = batcher
+
+    async def run(
+        self, model: str, inputs: dict[str, np.ndarray], signature: str = "serving_default", optional: bool = False
+    ) -> tuple[dict[str, np.ndarray], ModelRef]:
+        try:
+            predict = self.batcher.predict if self.batcher is not None else self.backend.predict
+            outputs, version = await predict(model, inputs, signature)
+        except ModelNotInstalled as e:
+            if optional:
+                raise FailedPrecondition(f"{e}. This server answers without it; install one to use this call") from None
+            raise BackendUnavailable("inference", f"{e}") from None
+        except InferenceInputError as e:
+            raise InvalidInput(
+                f"the input is corrupt: the model's decoder refused it ({e})",
+                [FieldViolation("image", "corrupt image")],
+            ) from None
+        return outputs, ModelRef(model, version)
+
+    async def run_images(
+        self, model: str, images: list[bytes], optional: bool = False, field: str = "images"
+    ) -> tuple[dict[str, np.ndarray], ModelRef]:
+        """Runs an image model on a batch; if the graph refuses the batch, names the item(s) it refused."""
+        try:
+            return await self.run(model, {"image_bytes": np.array(images, dtype=object)}, optional=optional)
+        except InvalidInput as e:
+            if len(images) == 1:
+                raise
+            bad = []
+            for i, image in enumerate(images):
+                try:
+                    await self.run(model, {"image_bytes": np.array([image], dtype=object)}, optional=optional)
+                except InvalidInput:
+                    bad.append(FieldViolation(f"{field}[{i}]", "corrupt image"))
+            raise InvalidInput(f"{', '.join(v.field for v in bad) or field}: {e.message}", bad) from None
+
+    async def close(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.close()
+
+    async def describe(self, model: str) -> ModelDescription:
+        try:
+            return await self.backend.describe(model)
+        except ModelNotInstalled as e:
+            raise BackendUnavailable("inference", str(e)) from None
+
+    async def labels(self, version: int) -> Labels:
+        """The tagger's vocabulary for the version that answered (re-read when the version changes)."""
+        if self._labels is None or self._labels.version != version:
+            outputs, ref = await self.run(self.tagger, {}, signature="labels")
+            names = [n.decode() if isinstance(n, bytes) else str(n) for n in outputs["names"]]
+            cats = np.array(
+                [c.decode() if isinstance(c, bytes) else str(c) for c in outputs["categories"]], dtype=object
+            )
+            self._labels = Labels(ref.version, names, cats)
+        return self._labels
+
+    async def embed_images(self, images: list[bytes]) -> list[Embedding]:
+        outputs, ref = await self.run_images(self.image, images)
+        return normalize(outputs["embedding"], ref)
+
+    async def text_inputs(self, refresh: bool = False) -> TextInputs:
+        """The text model's input path, from its signature; a token-id model's tokenizer is fetched from the
+        model itself (signature `tokenizer`), once per version, so a remote TF-Serving needs no local files."""
+        if self._text_inputs is None or refresh:
+            description = await self.describe(self.text)
+            signature = description.signatures.get("serving_default")
+            if signature is not None and IDS_INPUT in signature.inputs:
+                outputs, ref = await self.run(self.text, {}, signature=TOKENIZER_SIGNATURE)
+                definition = np.asarray(outputs[TOKENIZER_OUTPUT]).reshape(-1)[0]
+                definition = definition.decode() if isinstance(definition, bytes) else str(definition)
+                self._text_inputs = TextInputs(ref.version, TextTokenizer(definition))
+            else:
+                self._text_inputs = TextInputs(description.version, None)
+        return self._text_inputs
+
+    async def embed_texts(self, texts: list[str]) -> list[Embedding]:
+        """Batch of texts -> L2-normalised vectors; a new model version (other inputs or tokenizer) is picked
+        up on the call that first meets it."""
+        plan = await self.text_inputs()
+        for retry in (False, True):
+            try:
+                outputs, ref = await self.run(self.text, plan(texts))
+            except InvalidInput:
+                if retry:
+                    raise
+                plan = await self.text_inputs(refresh=True)  # inputs of an older version: the model changed
+                continue
+            if ref.version == plan.version or retry:
+                break
+            fresh = await self.text_inputs(refresh=True)  # another version answered: its inputs may differ
+            if fresh.tokenizer is None and plan.tokenizer is None:
+                break
+            plan = fresh
+        return normalize(outputs["embedding"], ref)
+
+
+def normalize(matrix: np.ndarray, ref: ModelRef) -> list[Embedding]:
+    """L2-normalises rows so that cosine similarity is a dot product (zero rows stay zero)."""
+    matrix = np.asarray(matrix, dtype=np.float32)
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    unit = np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
+    return [Embedding(row, ref, True) for row in unit]

@@ -1,1 +1,0 @@
-"""gRPC servicers: proto <-> domain conversion and status mapping, nothing else."""
