@@ -18,7 +18,8 @@ from acg2vec_server.domain.inference import Models
 from acg2vec_server.domain.tagging import Tagger
 from acg2vec_server.domain.types import IllustrationMetadata
 from acg2vec_server.errors import BackendUnavailable
-from tests.helpers import SAMPLE_PNG, SHARED_IMAGES, image_bytes
+from acg2vec_testing.images import image_bytes
+from acg2vec_testing.paths import SAMPLE_PNG, SHARED_IMAGES
 
 
 @pytest_asyncio.fixture(autouse=True)
