@@ -16,17 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "models"))
-
-from acg2vec_models.image.defaults import Recipe, backbone, load_dataset  # noqa: E402
-from acg2vec_models.metrics import macro_map, micro_f1, multi_hot  # noqa: E402
+from acg2vec_models.image.defaults import Recipe, backbone, load_dataset
+from acg2vec_models.metrics import macro_map, micro_f1, multi_hot
+from acg2vec_testing.paths import ROOT
 
 THRESHOLD = 0.5
 
