@@ -25,7 +25,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from _load_common import bench_images, closed_loop, embedded_server, models_or_dev
+from _common import bench_images, closed_loop, embedded_server, models_or_dev
 
 from acg2vec.v1 import tagging_pb2, tagging_pb2_grpc
 from acg2vec_server.backends.inprocess import InProcessBackend

@@ -1,11 +1,11 @@
 """Backend faults under load, as a table: fault, calls during it, errors, recovery time, writes lost
 (prints numbers; not a test; tests/test_faults.py asserts the same behaviour in short).
 
-The rig of tests/rig.py: the Redis-protocol server, a `milvus-lite server` process (reached over http://) and the
-TF-Serving emulator (`acg2vec tfserving-emulator`) each as a process, `acg2vec serve` on them, and --clients
-concurrent clients looping over IndexIllustration, TagImage, Search and GetIllustration. Each backend in turn is
-killed (SIGKILL), held down for --down seconds after the service noticed, and restarted; the server itself is
-never restarted. Last, SIGTERM to the server during a bulk index (StreamIndexIllustrations), then a restart.
+The test rig (testing/acg2vec_testing/rig.py): the Redis-protocol server, a `milvus-lite server` process (reached
+over http://) and the TF-Serving emulator (`acg2vec tfserving-emulator`) each as a process, `acg2vec serve` on them,
+and --clients concurrent clients looping over IndexIllustration, TagImage, Search and GetIllustration. Each backend
+in turn is killed (SIGKILL), held down for --down seconds after the service noticed, and restarted; the server itself
+is never restarted. Last, SIGTERM to the server during a bulk index (StreamIndexIllustrations), then a restart.
 Calls during: calls that started after the kill and ended before the backend answered again. Backend restart:
 from the restart command until the backend answers (process start, model loading). Recovery: from then until
 every broken call kind succeeds again. Writes lost: acknowledged index calls that Get or Search no longer return
@@ -25,11 +25,13 @@ import time
 from pathlib import Path
 
 import grpc
-from _load_common import models_or_dev
+from _common import models_or_dev
 
 from acg2vec.v1 import search_pb2, search_pb2_grpc
-from tests.helpers import copy_repository, image_bytes
-from tests.rig import ALL_SERVICES, SEARCH, Load, Rig, outage, stored_ids
+from acg2vec_testing.images import image_bytes
+from acg2vec_testing.model_repository import copy_repository
+from acg2vec_testing.rig import Load, Rig, outage, stored_ids
+from acg2vec_testing.services import ALL_SERVICES, SEARCH
 
 HEADER = (
     "| fault | calls during | errors | slowest failure ms | backend restart s | recovery s | acknowledged writes "

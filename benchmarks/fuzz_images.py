@@ -1,6 +1,6 @@
 """A long fuzz run over the image decoding path (prints numbers; not a test; tests/test_fuzz.py runs 500 rounds).
 
-Each round takes one of tests/image_fuzz.py's files (every format and odd mode, animations), damages it at random
+Each round takes one of acg2vec_testing.image_fuzz's files (every format and odd mode, animations), damages it at random
 (truncation, flipped bytes, headers claiming huge dimensions, junk after a magic number, splices), runs the
 domain check (domain/inputs.check_image) on it and, when the check accepts it, the tagger graph (through
 domain.inference.Models, as the server does). Only InvalidInput or TooLarge may come out; any other error stops
@@ -20,7 +20,7 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-from _load_common import models_or_dev
+from _common import models_or_dev
 
 from acg2vec_server.backends.inprocess import InProcessBackend
 from acg2vec_server.domain.batching import Batcher, BatchPolicy
@@ -28,7 +28,7 @@ from acg2vec_server.domain.errors import InvalidInput, TooLarge
 from acg2vec_server.domain.inputs import Limits, check_image
 from acg2vec_server.domain.models import Models
 from acg2vec_server.settings import Settings
-from tests.image_fuzz import base_images, mutate
+from acg2vec_testing.image_fuzz import base_images, mutate
 
 
 def rss_mib() -> float:

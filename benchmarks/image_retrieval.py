@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "models"))
-
-from acg2vec_models.image.defaults import Recipe, load_dataset, views  # noqa: E402
-from acg2vec_models.image.near_duplicates import l2_normalise, make_query, ranks_of_targets, recall_at  # noqa: E402
+from acg2vec_models.image.defaults import Recipe, load_dataset, views
+from acg2vec_models.image.near_duplicates import l2_normalise, make_query, ranks_of_targets, recall_at
+from acg2vec_testing.paths import ROOT
 
 NUM_QUERIES = 500
 

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "models"))
+from acg2vec_testing.paths import ROOT, SAMPLE_PNG, SHARED_IMAGES
 
-IMAGES = sorted((ROOT.parent / "shared" / "data" / "images").glob("*.jpg")) or [ROOT / "tests" / "data" / "sample.png"]
+IMAGES = sorted(SHARED_IMAGES.glob("*.jpg")) or [SAMPLE_PNG]
 
 
 def images_per_second(serve, batch: int, min_images: int) -> float:

@@ -16,24 +16,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "models"))
-
-from acg2vec_models.image.defaults import Recipe, backbone, load_dataset, tag_matrix  # noqa: E402
-from acg2vec_models.image.metrics import macro_map, micro_f1  # noqa: E402
+from acg2vec_models.image.defaults import Recipe, backbone, load_dataset
+from acg2vec_models.metrics import macro_map, micro_f1, multi_hot
+from acg2vec_testing.paths import ROOT
 
 THRESHOLD = 0.5
 
 
 def report(name: str, scores: np.ndarray, labels: np.ndarray) -> None:
-    print(json.dumps({"model": name, "macro mAP": round(macro_map(scores, labels), 3),
-                      f"micro-F1@{THRESHOLD}": round(micro_f1(scores, labels, THRESHOLD), 3)}))  # fmt: skip
+    print(json.dumps({"model": name, "macro mAP": round(macro_map(labels, scores), 3),
+                      f"micro-F1@{THRESHOLD}": round(micro_f1(labels, scores, THRESHOLD), 3)}))  # fmt: skip
 
 
 def pooled_features(model, records, batch: int = 32) -> np.ndarray:
@@ -78,7 +75,7 @@ def main() -> None:
 
     recipe = Recipe()
     data = load_dataset(ROOT / ".cache", recipe)
-    train_y, held_y = tag_matrix(data.train, data.vocabulary), tag_matrix(data.held_out, data.vocabulary)
+    train_y, held_y = multi_hot(data.train, data.vocabulary), multi_hot(data.held_out, data.vocabulary)
     print(f"{len(data.train)} train / {len(data.held_out)} held-out images, {len(data.vocabulary)} tags "
           f"({int((held_y.sum(0) > 0).sum())} with a held-out positive)")  # fmt: skip
 

@@ -21,13 +21,13 @@ import json
 import random
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _search_common import ACG2VEC, ROOT, ServerProcess
+from _common import ACG2VEC, server_process
+
+from acg2vec_testing.paths import ROOT
 
 
 def openclipart_images(n: int, max_bytes: int) -> list[Path]:
@@ -79,10 +79,9 @@ async def end_to_end(repository: Path, paths: list[Path], window: int, batch: in
         warm.write_text(
             "".join(json.dumps({"id": f"warm{i}", "image": str(p)}) + "\n" for i, p in enumerate(paths[:batch]))
         )
-        server = ServerProcess(folder / "server.log", data_dir=folder / "data", model_repository=repository,
-                               max_batch_size=batch)  # fmt: skip
+        server = server_process(folder / "data", model_repository=repository, max_batch_size=batch)
         try:
-            await server.wait_serving()
+            await server.start(timeout_s=1800)
             cli = [
                 ACG2VEC,
                 "index",
@@ -98,7 +97,7 @@ async def end_to_end(repository: Path, paths: list[Path], window: int, batch: in
             run = subprocess.run([*cli, str(manifest)], capture_output=True, text=True)
             elapsed = time.perf_counter() - start
         finally:
-            server.stop()
+            server.stop(timeout_s=120)
             shutil.rmtree(folder / "data", ignore_errors=True)
     return len(paths) / elapsed, run.stdout.strip().splitlines()[0] if run.stdout else run.stderr[-500:]
 

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 import grpc
-from _load_common import HEADER, bench_images, closed_loop, embedded_server, models_or_dev
+from _common import HEADER, bench_images, closed_loop, embedded_server, models_or_dev
 
 from acg2vec.v1 import (
     image_feature_pb2,

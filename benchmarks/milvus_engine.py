@@ -32,7 +32,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -40,10 +39,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import CHUNK, chunk, mixture, percentiles, process_tree_rss_mb
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _search_common import ROOT, percentiles, process_tree_rss_mb
-from search_scale import CHUNK, chunk, mixture
+from acg2vec_server.backends.embedded_redis import free_port
+from acg2vec_testing.paths import ROOT
 
 COLLECTION = "acg2vec_engine_bench"
 VECTOR = "image_vector"
@@ -75,12 +74,6 @@ def ground_truth(queries: np.ndarray, n: int, dim: int, k: int = 10) -> tuple[np
 
 
 # -- the embedded server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def own_milvus_pids(base_dir: Path) -> list[int]:

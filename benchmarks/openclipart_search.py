@@ -23,16 +23,15 @@ import io
 import json
 import random
 import subprocess
-import sys
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from _common import ACG2VEC, server_process
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _search_common import ACG2VEC, ROOT, ServerProcess
+from acg2vec_testing.paths import ROOT
 
 
 def edited(data: bytes) -> bytes:
@@ -78,9 +77,9 @@ async def main() -> None:
         folder.mkdir(parents=True, exist_ok=True)
         manifest = folder / "manifest.jsonl"
         openclipart.write_manifest(chosen, manifest)  # the dataset's own manifest format, as the CLI reads it
-        server = ServerProcess(folder / "server.log", data_dir=folder / "data", model_repository=args.repository)
+        server = server_process(folder / "data", model_repository=args.repository)
         try:
-            await server.wait_serving()
+            await server.start(timeout_s=1800)
             start = time.perf_counter()
             run = subprocess.run(
                 [ACG2VEC, "index", str(manifest), "--target", server.target, "--no-journal",
@@ -100,7 +99,7 @@ async def main() -> None:
             stored = [r for r in chosen if r.id not in summary["failed"]]
             await evaluate(server.target, stored, args)
         finally:
-            server.stop()
+            server.stop(timeout_s=120)
 
 
 async def evaluate(target: str, stored: list, args: argparse.Namespace) -> None:

@@ -20,8 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -30,14 +28,13 @@ def main() -> None:
     )
     args = parser.parse_args()
     sys.path.append(str(args.refs))  # after the venv: its numpy and Pillow win
-    sys.path.insert(0, str(ROOT))
     import cv2
     import skimage.transform
     import tensorflow as tf
     from PIL import Image
 
     from acg2vec_models.preprocessing import deepdanbooru_preprocessing, preprocess_batch, wd14_preprocessing
-    from tests.helpers import image_bytes
+    from acg2vec_testing.images import image_bytes
 
     def deepdanbooru(raw: bytes, size: int) -> np.ndarray:
         image = tf.io.decode_png(raw, channels=3)

@@ -25,23 +25,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import CHUNK, chunk, mixture, percentiles, process_tree_rss_mb, server_process, shaped_repository
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _search_common import ROOT, ServerProcess, percentiles, process_tree_rss_mb, shaped_repository
-
-CHUNK = 10_000
-
-
-def mixture(n: int, dim: int, seed: int, clusters: int = 2000, spread: float = 0.6) -> np.ndarray:
-    """n unit vectors from a fixed mixture of `clusters` Gaussian clusters (chunks are reproducible by seed)."""
-    centers = np.random.default_rng(12345).standard_normal((clusters, dim)).astype(np.float32)
-    rng = np.random.default_rng(seed)
-    x = centers[rng.integers(0, clusters, n)] + spread * rng.standard_normal((n, dim)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def chunk(i: int, n: int, dim: int) -> np.ndarray:
-    return mixture(min(CHUNK, n - i * CHUNK), dim, seed=1000 + i)
+from acg2vec_testing.paths import ROOT
+from acg2vec_testing.services import SEARCH
 
 
 async def load(args: argparse.Namespace, data: Path) -> None:
@@ -198,13 +185,13 @@ async def main() -> None:
 
     redis = EmbeddedRedis(data / "redis")
     redis.start(timeout_s=1800)  # reading a large append-only file back takes a while
-    server = ServerProcess(
-        data / "server.log", data_dir=data, model_repository=models, redis_url=redis.url,
+    server = server_process(
+        data, model_repository=models, redis_url=redis.url,
         milvus_index_type=args.index, hnsw_ef_search=args.ef, ivf_nprobe=args.nprobe, max_top_k=1000,
     )  # fmt: skip
     try:
         t0 = time.perf_counter()
-        await server.wait_serving("acg2vec.v1.SearchService")
+        await server.start(timeout_s=1800, service=SEARCH)
         print(json.dumps({"server_ready_s": round(time.perf_counter() - t0, 1)}))
         results = []
         for concurrency in [int(c) for c in args.clients.split(",")]:
@@ -215,9 +202,11 @@ async def main() -> None:
                 print(json.dumps(result))
         assert redis._process is not None
         redis_mb = process_tree_rss_mb(redis._process.pid)
-        print(json.dumps({"server_rss_mb": round(server.rss_mb()), "redis_rss_mb": round(redis_mb)}))
+        assert server.process is not None
+        server_mb = process_tree_rss_mb(server.process.pid)
+        print(json.dumps({"server_rss_mb": round(server_mb), "redis_rss_mb": round(redis_mb)}))
     finally:
-        server.stop()
+        server.stop(timeout_s=120)
         redis.stop()
 
 

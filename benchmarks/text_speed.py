@@ -13,14 +13,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "models"))
-sys.path.insert(0, str(ROOT / "services"))
+from acg2vec_testing.paths import ROOT
 
 
 def titles(cache_dir: Path, n: int) -> list[str]:

@@ -11,13 +11,14 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 
-stamp=$(cat constraints.txt pyproject.toml clients/python/pyproject.toml | sha256sum | cut -d' ' -f1)
+stamp=$(cat constraints.txt pyproject.toml clients/python/pyproject.toml testing/pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat .venv/.setup-stamp 2>/dev/null)" != "$stamp" ]; then
   echo "installing dependencies into .venv (first run: a few minutes) ..."
   .venv/bin/python -m pip install -q --upgrade pip
   # The local CPU build of torch first, so that no resolver ever pulls a CUDA build.
   .venv/bin/python -m pip install -q torch==2.13.0
-  .venv/bin/python -m pip install -q -c constraints.txt -e clients/python -e '.[dev]'
+  # testing/: the rig that tests and benchmarks share (development only; the server image never installs it).
+  .venv/bin/python -m pip install -q -c constraints.txt -e clients/python -e '.[dev]' -e testing
   .venv/bin/python -m pip check
   echo "$stamp" > .venv/.setup-stamp
 fi

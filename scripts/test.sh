@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 .venv/bin/ruff check .
-.venv/bin/ruff format --check services models tests scripts clients/python/src/acg2vec/client clients/python/src/acg2vec/indexer
+.venv/bin/ruff format --check services models tests testing scripts clients/python/src/acg2vec/client clients/python/src/acg2vec/indexer
 exec .venv/bin/pytest -q -p no:cacheprovider "$@"

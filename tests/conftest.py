@@ -8,20 +8,18 @@ import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
 import pytest_asyncio
 
-from acg2vec.v1 import image_feature_pb2_grpc, search_pb2_grpc, tagging_pb2_grpc, text_feature_pb2_grpc
 from acg2vec_server.app import Application
 from acg2vec_server.backends.embedded_redis import EmbeddedRedis
-from acg2vec_server.settings import Settings
 from acg2vec_server.transport.auth import hash_token, make_token
-from tests.helpers import dev_model_repository
-from tests.pki import Pki
+from acg2vec_testing.model_repository import dev_model_repository
+from tests.support.pki import Pki
+from tests.support.servers import SecureServer, Stubs, make_settings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -54,36 +52,6 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
     server.stop()
 
 
-def make_settings(data_dir: Path, model_repo: Path, redis_url: str, **overrides: object) -> Settings:
-    defaults: dict[str, object] = dict(
-        listen="127.0.0.1:0",
-        auth="none",  # local mode, explicitly (loopback only); the secured fixtures below turn tokens on
-        metrics_port=0,
-        data_dir=data_dir,
-        model_repository=model_repo,
-        redis_url=redis_url,
-        milvus_index_type="FLAT",
-        access_log=False,
-        health_probe_interval_s=0.3,
-        grace_period_s=2,
-        max_image_pixels=4_000_000,
-        max_image_bytes=2_000_000,
-        max_batch_size=8,
-        max_top_k=100,
-        max_text_chars=500,
-    )
-    return Settings(**(defaults | overrides))
-
-
-class Stubs:
-    def __init__(self, channel: grpc.aio.Channel):
-        self.channel = channel
-        self.tagging = tagging_pb2_grpc.TaggingServiceStub(channel)
-        self.image = image_feature_pb2_grpc.ImageFeatureServiceStub(channel)
-        self.text = text_feature_pb2_grpc.TextFeatureServiceStub(channel)
-        self.search = search_pb2_grpc.SearchServiceStub(channel)
-
-
 @pytest_asyncio.fixture(scope="session")
 async def app(
     tmp_path_factory: pytest.TempPathFactory, model_repo: Path, redis_server: EmbeddedRedis
@@ -106,22 +74,6 @@ async def stubs(app: Application) -> AsyncIterator[Stubs]:
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return Pki.create(tmp_path_factory.mktemp("pki"))
-
-
-@dataclass(frozen=True)
-class SecureServer:
-    app: Application
-    pki: Pki
-    tokens: dict[str, str]  # token name -> the token a client sends
-    tokens_file: Path
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.app.port}"
-
-    @property
-    def health_target(self) -> str:
-        return f"127.0.0.1:{self.app.health_port}"
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -13,7 +13,8 @@ from grpc_status import rpc_status
 from PIL import Image
 
 from acg2vec.v1 import image_feature_pb2, search_pb2, tagging_pb2, text_feature_pb2
-from tests.helpers import SAMPLE_PNG, image_bytes
+from acg2vec_testing.images import image_bytes
+from acg2vec_testing.paths import SAMPLE_PNG
 
 INVALID, EXHAUSTED, NOT_FOUND = (
     grpc.StatusCode.INVALID_ARGUMENT,

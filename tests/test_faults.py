@@ -4,7 +4,7 @@ While a backend is down, the calls that need it fail fast with UNAVAILABLE and a
 health turns NOT_SERVING for the services that need it; after the restart everything recovers without a server
 restart; and no acknowledged write is lost (every id an IndexIllustration acknowledged is returned by Get and by
 Search afterwards). A hung inference backend shows deadlines and the bounded inference queue at work, and SIGTERM
-during a bulk index loses nothing acknowledged. One rig (tests/rig.py) for the whole module: the backends and the
+during a bulk index loses nothing acknowledged. One rig (acg2vec_testing.rig) for the whole module: the backends and the
 server start once.
 """
 
@@ -21,22 +21,11 @@ import pytest_asyncio
 
 from acg2vec.v1 import search_pb2, search_pb2_grpc, tagging_pb2, tagging_pb2_grpc
 from acg2vec_server.app import Application
-from tests.helpers import copy_repository, image_bytes
-from tests.rig import (
-    ALL_SERVICES,
-    SEARCH,
-    SERVING,
-    TAGGING,
-    Fault,
-    Load,
-    Rig,
-    health,
-    outage,
-    retry_info,
-    stored_ids,
-    wait_for_health,
-    wait_until,
-)
+from acg2vec_testing.images import image_bytes
+from acg2vec_testing.model_repository import copy_repository
+from acg2vec_testing.rig import Fault, Load, Rig, outage, retry_info, stored_ids
+from acg2vec_testing.services import ALL_SERVICES, SEARCH, TAGGING
+from acg2vec_testing.waiting import SERVING, health, wait_for_health, wait_until
 
 OK, UNAVAILABLE = grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE
 #: Every id whose index call was acknowledged, over all tests of the module.

@@ -23,20 +23,12 @@ from acg2vec.v1 import (
 )
 from acg2vec_server.domain.errors import InvalidInput, TooLarge
 from acg2vec_server.domain.inputs import check_image
-from tests.helpers import image_bytes
-from tests.image_fuzz import base_images, mutate
-from tests.proto_strategies import messages
+from acg2vec_testing.image_fuzz import base_images, mutate
+from acg2vec_testing.images import image_bytes
+from acg2vec_testing.services import ACG2VEC_SERVICES
+from tests.support.proto_strategies import messages
 
-SERVICES = [
-    m.DESCRIPTOR.services_by_name[name]
-    for m, name in (
-        (tagging_pb2, "TaggingService"),
-        (image_feature_pb2, "ImageFeatureService"),
-        (text_feature_pb2, "TextFeatureService"),
-        (search_pb2, "SearchService"),
-    )
-]
-METHODS = [method for service in SERVICES for method in service.methods]
+METHODS = [method for service in ACG2VEC_SERVICES for method in service.methods]
 #: What a bad request may get; UNKNOWN, INTERNAL (a bug), UNAVAILABLE (backends are up) or a timeout may not.
 PROPER = {
     grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -60,7 +52,7 @@ def call_of(channel: grpc.aio.Channel, method, raw: bool = False):
     )
     if raw:
         return getattr(channel, kind)(path)
-    from tests.proto_strategies import message_class
+    from tests.support.proto_strategies import message_class
 
     return getattr(channel, kind)(
         path,

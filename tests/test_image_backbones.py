@@ -14,8 +14,8 @@ import torch
 from acg2vec_models.image import efficientnet_lite, nsfwjs
 from acg2vec_models.image.features import extract
 from acg2vec_models.image.torch_state_dict import load_state_dict
-from tests.helpers import ROOT, SHARED_IMAGES
-from tests.lite0_reference import Lite0
+from acg2vec_testing.paths import ROOT, SHARED_IMAGES
+from tests.support.lite0_reference import Lite0
 
 CACHE = ROOT / ".cache"
 

@@ -12,8 +12,8 @@ from acg2vec_models.dev import build_dev_models
 from acg2vec_models.image.defaults import MARKER, build_default_image_models
 from acg2vec_models.image.heads import ProjectionSpec
 from acg2vec_server.app import Application
-from tests.conftest import make_settings
-from tests.helpers import ROOT, SAMPLE_PNG, SHARED_IMAGES
+from acg2vec_testing.paths import ROOT, SAMPLE_PNG, SHARED_IMAGES
+from tests.support.servers import make_settings
 
 LIMIT = 20
 

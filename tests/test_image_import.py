@@ -18,9 +18,10 @@ from acg2vec.v1 import common_pb2, tagging_pb2
 from acg2vec_models.preprocessing import ImagePreprocessing, preprocess_batch
 from acg2vec_models.vocab import WD14_SELECTED_TAGS, read_selected_tags_csv
 from acg2vec_server.cli.main import main
-from tests.helpers import copy_repository, dev_model_repository, image_bytes
-from tests.model_server import serving
-from tests.source_models import (
+from acg2vec_testing.images import image_bytes
+from acg2vec_testing.model_repository import copy_repository, dev_model_repository
+from tests.support.servers import serving
+from tests.support.source_models import (
     acg2vec_request,
     build_acg2vec_first_deepix,
     build_acg2vec_models,

@@ -1,6 +1,6 @@
 """`acg2vec train`: a tagger run killed with SIGKILL continues from its last checkpoint, evaluates on the held-out
 images and exports tagger + illust2vec; deepix trains its three heads; the real server serves what was trained.
-Tiny data made here (tests.helpers.image_bytes) and a tiny DeepDanbooru (width 1/32, 32 px, one block a stage)."""
+Tiny data made here (acg2vec_testing.images) and a tiny DeepDanbooru (width 1/32, 32 px, one block a stage)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ import tensorflow as tf
 from acg2vec.v1 import common_pb2, image_feature_pb2, tagging_pb2
 from acg2vec_models.training.backbones import BackboneOptions
 from acg2vec_models.training.trainer import TrainConfig, TrainResult, train
-from tests.helpers import copy_repository, dev_model_repository, image_bytes
-from tests.model_server import serving
+from acg2vec_testing.images import image_bytes
+from acg2vec_testing.model_repository import copy_repository, dev_model_repository
+from tests.support.servers import serving
 
 SMALL = BackboneOptions(width=1 / 32, input_size=32, repeats=(1, 1, 1, 1, 1, 1))
 SMALL_FLAGS = ["--width", "0.03125", "--input-size", "32", "--repeats", "1,1,1,1,1,1"]

@@ -21,7 +21,8 @@ from acg2vec.indexer.journal import Journal
 from acg2vec.indexer.sources import manifest_item, shard_of
 from acg2vec.v1 import search_pb2, search_pb2_grpc
 from acg2vec_server.app import Application
-from tests.helpers import ROOT, image_bytes
+from acg2vec_testing.images import image_bytes
+from acg2vec_testing.paths import ROOT
 
 ACG2VEC = str(Path(sys.executable).parent / "acg2vec")
 

@@ -3,49 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from acg2vec.v1 import search_pb2, search_pb2_grpc, tagging_pb2, tagging_pb2_grpc
-from acg2vec_server.backends.embedded_redis import EmbeddedRedis, free_port
+from acg2vec_server.backends.embedded_redis import EmbeddedRedis
 from acg2vec_server.backends.redis import RedisMetadataStore
-from tests.helpers import image_bytes
-
-ACG2VEC = str(Path(sys.executable).parent / "acg2vec")
+from acg2vec_testing.images import image_bytes
+from acg2vec_testing.rig import ServerProcess
 
 
 async def start_server(data_dir: Path, model_repo: Path, redis_url: str, **env: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    environment = {
-        **os.environ, "ACG2VEC_DATA_DIR": str(data_dir), "ACG2VEC_MODEL_REPOSITORY": str(model_repo),
-        "ACG2VEC_REDIS_URL": redis_url, "ACG2VEC_METRICS_PORT": "0", "ACG2VEC_MILVUS_INDEX_TYPE": "FLAT",
-        "ACG2VEC_GRACE_PERIOD_S": "20", "ACG2VEC_ACCESS_LOG": "false", "ACG2VEC_AUTH": "none", **env,
-    }  # fmt: skip
-    process = subprocess.Popen(
-        [ACG2VEC, "serve", "--listen", f"127.0.0.1:{port}"], env=environment,
-        stdout=subprocess.DEVNULL, stderr=open(data_dir / "server.log", "ab"),  # noqa: SIM115
-    )  # fmt: skip
-    target = f"127.0.0.1:{port}"
-    async with grpc.aio.insecure_channel(target) as channel:
-        for _ in range(600):
-            assert process.poll() is None, (data_dir / "server.log").read_text()[-3000:]
-            try:
-                reply = await health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(service=""), timeout=1
-                )
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return process, target
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.2)
-    raise AssertionError("server did not become SERVING")
+    server = ServerProcess(data_dir, {
+        "ACG2VEC_MODEL_REPOSITORY": str(model_repo), "ACG2VEC_REDIS_URL": redis_url, "ACG2VEC_METRICS_PORT": "0",
+        "ACG2VEC_MILVUS_INDEX_TYPE": "FLAT", "ACG2VEC_GRACE_PERIOD_S": "20", **env,
+    })  # fmt: skip
+    await server.start(timeout_s=600)
+    assert server.process is not None
+    return server.process, server.target
 
 
 @pytest.fixture

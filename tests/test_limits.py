@@ -24,7 +24,8 @@ from acg2vec_server.settings import Settings
 from acg2vec_server.transport.admission import AdmissionInterceptor, client_key
 from acg2vec_server.transport.observability import IN_FLIGHT
 from acg2vec_server.transport.servicers.services import TaggingServicer
-from tests.helpers import image_bytes
+from acg2vec_testing.images import image_bytes
+from acg2vec_testing.waiting import wait_until
 
 
 class GatedModel:
@@ -120,7 +121,7 @@ async def test_a_request_whose_caller_went_away_never_runs():
         stays = await queued(batcher, rows(2))
         dropped = DROPPED.labels("m")._value.get()
         gone.cancel()  # e.g. its deadline passed while it waited
-        await wait_until(lambda: DROPPED.labels("m")._value.get() == dropped + 1)
+        await wait_until(lambda: DROPPED.labels("m")._value.get() == dropped + 1, 30, "the dropped request's count")
         model.gate.set()
         await asyncio.gather(first, stays)
         assert model.calls == [[1], [2]]
@@ -256,13 +257,6 @@ async def test_request_bytes_that_do_not_parse_are_invalid_argument(app, stubs):
     assert (await stubs.tagging.TagImage(tagging_pb2.TagImageRequest(image=image_bytes(2)))).result.model.name
 
 
-async def wait_until(condition, timeout_s: float = 30) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition never held"
-        await asyncio.sleep(0.05)
-
-
 async def test_a_stream_stops_on_the_server_when_the_client_cancels(stubs):
     method = "/acg2vec.v1.TaggingService/StreamTagImages"
     in_flight = IN_FLIGHT.labels(method)
@@ -279,7 +273,7 @@ async def test_a_stream_stops_on_the_server_when_the_client_cancels(stubs):
     assert (await call.read()).HasField("result")
     assert in_flight._value.get() >= 1
     call.cancel()
-    await wait_until(lambda: in_flight._value.get() == 0)  # the server's loop ended with the call
+    await wait_until(lambda: in_flight._value.get() == 0, 30, "no stream in flight")  # the server's loop ended
     stopped_at = sent
     await asyncio.sleep(0.2)
     assert sent == stopped_at  # and nobody reads the client's requests any more

@@ -20,9 +20,9 @@ from acg2vec_server.domain.illustrations.indexing import IndexItem
 from acg2vec_server.domain.illustrations.search import Query
 from acg2vec_server.domain.types import IllustrationMetadata, SearchFilter, VectorRow
 from acg2vec_server.settings import Settings
-from tests.helpers import image_bytes
-from tests.redis_cluster import RedisCluster, cluster_info
-from tests.test_backends import record
+from acg2vec_testing.images import image_bytes
+from tests.support.records import record
+from tests.support.redis_cluster import RedisCluster, cluster_info
 
 
 @pytest.fixture(scope="module")

@@ -14,19 +14,12 @@ import subprocess
 from collections.abc import Callable
 from typing import Any
 
-from tests.helpers import ROOT
+from acg2vec_testing.paths import ROOT
+from acg2vec_testing.services import LISTED
 
 README = ROOT / "README.md"
 MARKER = "# grpcurl-examples:"
 README_TARGET = "127.0.0.1:50051"
-SERVICES = {
-    "acg2vec.v1.TaggingService",
-    "acg2vec.v1.ImageFeatureService",
-    "acg2vec.v1.TextFeatureService",
-    "acg2vec.v1.SearchService",
-    "grpc.health.v1.Health",
-    "grpc.reflection.v1alpha.ServerReflection",
-}
 
 
 def readme_commands() -> list[str]:
@@ -63,7 +56,7 @@ def what(command: str) -> str:
 def expect_list(out: str, command: str) -> None:
     names = set(out.split())
     if command.endswith(" list"):
-        assert names == SERVICES
+        assert names == LISTED
     else:
         service = command.rsplit(" ", 1)[1]
         assert f"{service}.Search" in names and f"{service}.IndexIllustration" in names
@@ -149,7 +142,7 @@ def test_readme_covers_every_service_and_the_asked_for_calls():
     for query in ('"text"', '"image"', '"illustration_id"', '"vector"'):
         assert any(query in c for c in searches), f"no Search by {query}"
     health_names = re.findall(r'"service": "([\w.]+)"', " ".join(c for c in COMMANDS if what(c) == "Check"))
-    assert {*health_names, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} >= SERVICES
+    assert {*health_names, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} >= LISTED
     assert all(README_TARGET in c for c in COMMANDS), "every command talks to the README's address"
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from acg2vec.v1 import common_pb2, image_feature_pb2, search_pb2, tagging_pb2, text_feature_pb2
-from tests.helpers import SAMPLE_PNG, SHARED_IMAGES, image_bytes
+from acg2vec_testing.images import image_bytes
+from acg2vec_testing.paths import SAMPLE_PNG, SHARED_IMAGES
 
 
 async def test_tag_image_returns_scored_categorised_tags_and_rating(stubs):

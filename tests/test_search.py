@@ -19,7 +19,8 @@ from acg2vec_server.domain.illustrations.indexing import IndexItem
 from acg2vec_server.domain.models import Models
 from acg2vec_server.domain.tagging import Tagger
 from acg2vec_server.domain.types import IllustrationMetadata
-from tests.helpers import SAMPLE_PNG, SHARED_IMAGES, image_bytes
+from acg2vec_testing.images import image_bytes
+from acg2vec_testing.paths import SAMPLE_PNG, SHARED_IMAGES
 
 
 @pytest_asyncio.fixture(autouse=True)

@@ -31,9 +31,10 @@ from acg2vec_server.settings import Settings
 from acg2vec_server.transport.auth import METHOD_SCOPES, AuthConfigError, TokenStore, hash_token, parse_tokens
 from acg2vec_server.transport.security import Security, SecurityConfigError, is_loopback
 from acg2vec_server.transport.tls import server_credentials
-from tests.conftest import SecureServer
-from tests.helpers import ROOT, image_bytes
-from tests.pki import CertificateAuthority, Pki
+from acg2vec_testing.images import image_bytes
+from acg2vec_testing.paths import ROOT
+from tests.support.pki import CertificateAuthority, Pki
+from tests.support.servers import SecureServer
 
 ACG2VEC = str(Path(sys.executable).parent / "acg2vec")
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")

@@ -21,9 +21,10 @@ from acg2vec_server.backends.inprocess import InProcessBackend
 from acg2vec_server.backends.tfserving import TFServingBackend
 from acg2vec_server.domain.models import Models
 from acg2vec_server.testing.tfserving_emulator import start_emulator
-from tests.conftest import make_settings
-from tests.helpers import ROOT, copy_repository
-from tests.test_tfserving import wait_for
+from acg2vec_testing.model_repository import copy_repository
+from acg2vec_testing.paths import ROOT
+from acg2vec_testing.waiting import wait_for_health
+from tests.support.servers import make_settings
 
 TEXTS = [*CHECK_TEXTS, "ソードアート・オンライン", "刀剑神域", "Sword Art Online", "咕噜咕噜魔法阵"]
 
@@ -144,7 +145,7 @@ async def served_vectors(overrides: dict[str, object], tmp_path: Path, text_repo
     await app.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-            await wait_for(channel, "acg2vec.v1.TextFeatureService", health_pb2.HealthCheckResponse.SERVING, 60)
+            await wait_for_health(channel, "acg2vec.v1.TextFeatureService", health_pb2.HealthCheckResponse.SERVING, 60)
             stub = text_feature_pb2_grpc.TextFeatureServiceStub(channel)
             answers = []
             for start in range(0, len(TEXTS), 8):  # the test server's batch limit is 8

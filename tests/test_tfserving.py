@@ -3,12 +3,10 @@ parity with the in-process backend, and the service's behaviour while inference 
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 import numpy as np
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from acg2vec.v1 import image_feature_pb2, image_feature_pb2_grpc, tagging_pb2, tagging_pb2_grpc
 from acg2vec_server.app import Application
@@ -17,8 +15,10 @@ from acg2vec_server.backends.tfserving import TFServingBackend
 from acg2vec_server.domain.errors import BackendUnavailable
 from acg2vec_server.domain.ports import ModelNotInstalled
 from acg2vec_server.testing.tfserving_emulator import start_emulator
-from tests.conftest import make_settings
-from tests.helpers import SAMPLE_PNG, image_bytes
+from acg2vec_testing.images import image_bytes
+from acg2vec_testing.paths import SAMPLE_PNG
+from acg2vec_testing.waiting import health, wait_for_health
+from tests.support.servers import make_settings
 
 
 async def test_same_request_same_answer_through_both_backends(model_repo):
@@ -49,17 +49,6 @@ async def test_same_request_same_answer_through_both_backends(model_repo):
         await server.stop(0)
 
 
-async def health(channel: grpc.aio.Channel, service: str) -> int:
-    return (await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service))).status
-
-
-async def wait_for(channel, service: str, status: int, timeout_s: float = 20) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while await health(channel, service) != status:
-        assert asyncio.get_running_loop().time() < deadline, f"{service} never became {status}"
-        await asyncio.sleep(0.1)
-
-
 async def test_service_over_tfserving_and_inference_outage(tmp_path, model_repo, redis_server, stubs):
     emulator, port = await start_emulator(model_repo)
     settings = make_settings(
@@ -75,7 +64,7 @@ async def test_service_over_tfserving_and_inference_outage(tmp_path, model_repo,
     await app.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-            await wait_for(channel, "acg2vec.v1.TaggingService", health_pb2.HealthCheckResponse.SERVING)
+            await wait_for_health(channel, "acg2vec.v1.TaggingService", health_pb2.HealthCheckResponse.SERVING)
             tagging = tagging_pb2_grpc.TaggingServiceStub(channel)
             request = tagging_pb2.TagImageRequest(image=SAMPLE_PNG.read_bytes())
             remote = await tagging.TagImage(request)
@@ -92,12 +81,12 @@ async def test_service_over_tfserving_and_inference_outage(tmp_path, model_repo,
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await features.ExtractImageFeature(image_feature_pb2.ExtractImageFeatureRequest(image=image_bytes(1)))
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-            await wait_for(channel, "acg2vec.v1.TaggingService", health_pb2.HealthCheckResponse.NOT_SERVING)
-            await wait_for(channel, "", health_pb2.HealthCheckResponse.NOT_SERVING)
+            await wait_for_health(channel, "acg2vec.v1.TaggingService", health_pb2.HealthCheckResponse.NOT_SERVING)
+            await wait_for_health(channel, "", health_pb2.HealthCheckResponse.NOT_SERVING)
             assert await health(channel, "liveness") == health_pb2.HealthCheckResponse.SERVING
 
             emulator, _ = await start_emulator(model_repo, f"127.0.0.1:{port}")
-            await wait_for(channel, "acg2vec.v1.TaggingService", health_pb2.HealthCheckResponse.SERVING)
+            await wait_for_health(channel, "acg2vec.v1.TaggingService", health_pb2.HealthCheckResponse.SERVING)
             assert (await tagging.TagImage(request)).result.tags
     finally:
         await app.stop(grace_s=0)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, SAMPLE_PNG
+from acg2vec_testing.paths import ROOT, SAMPLE_PNG
 
 CLIENT = ROOT / "clients" / "python"
 CONSTRAINTS = ROOT / "constraints.txt"

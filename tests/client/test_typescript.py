@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import acg2vec
-from tests.helpers import ROOT, SAMPLE_PNG
+from acg2vec_testing.paths import ROOT, SAMPLE_PNG
 
 PACKAGE = ROOT / "clients" / "typescript"
 STAMP = ".acg2vec-stamp"

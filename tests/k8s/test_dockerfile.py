@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from . import checks
+from .checks.objects import find, image_problem
+from .checks.settings import settings_fields
 from .kustomize import build
 
 REPO = Path(__file__).resolve().parents[2]
@@ -96,7 +97,7 @@ def exec_form(args: str) -> list[str]:
 
 
 def settings_ports() -> tuple[int, int]:
-    fields = checks.settings_fields()
+    fields = settings_fields()
     return int(str(fields["listen"].default).rsplit(":", 1)[1]), int(fields["metrics_port"].default)
 
 
@@ -129,10 +130,10 @@ def test_every_base_image_is_tagged_and_not_latest(dockerfile):
     for stage in stages:
         if stage.base in stage_names:
             continue
-        assert checks.image_problem(stage.base) is None, stage.base
+        assert image_problem(stage.base) is None, stage.base
     for value in global_args.values():
         if ":" in value or "/" in value:
-            assert checks.image_problem(value) is None, value
+            assert image_problem(value) is None, value
 
 
 def test_runs_as_the_non_root_user_the_pods_use(dockerfile):
@@ -144,7 +145,7 @@ def test_runs_as_the_non_root_user_the_pods_use(dockerfile):
     assert users[-1].line > max(i.line for i in stages[-1].all("RUN")), "USER must come after the last RUN"
     docs = build(REPO / "k8s" / "overlays" / "prod")
     for kind, name in [("Deployment", "acg2vec"), ("Job", "acg2vec-index"), ("Job", "acg2vec-models")]:
-        pod = checks.find(docs, kind, name)["spec"]["template"]["spec"]
+        pod = find(docs, kind, name)["spec"]["template"]["spec"]
         assert str(pod["securityContext"]["runAsUser"]) == user, f"{kind}/{name} runs as another uid than the image"
 
 
@@ -161,7 +162,7 @@ def test_exposed_ports_and_env_match_the_settings_defaults(dockerfile):
     assert env["ACG2VEC_HEALTH_LISTEN"].startswith("127.0.0.1:"), "the in-container health port stays on loopback"
     fields = ("LISTEN", "METRICS_PORT", "DATA_DIR", "MODEL_REPOSITORY", "HEALTH_LISTEN")
     for field in (f"ACG2VEC_{name}" for name in fields):
-        assert field[len("ACG2VEC_") :].lower() in checks.settings_fields(), field
+        assert field[len("ACG2VEC_") :].lower() in settings_fields(), field
     entry = exec_form(stages[-1].all("ENTRYPOINT")[-1].args)
     cmd = exec_form(stages[-1].all("CMD")[-1].args)
     assert entry == ["acg2vec"] and cmd == ["serve"]
@@ -292,7 +293,7 @@ def test_trainer_stage_has_what_build_defaults_needs(dockerfile):
 @pytest.mark.parametrize("overlay", ["dev", "prod"])
 def test_models_job_runs_the_trainer_image_with_a_writable_cache(overlay):
     docs = build(REPO / "k8s" / "overlays" / overlay)
-    pod = checks.find(docs, "Job", "acg2vec-models")["spec"]["template"]["spec"]
+    pod = find(docs, "Job", "acg2vec-models")["spec"]["template"]["spec"]
     container = pod["containers"][0]
     name = container["image"].rsplit(":", 1)[0]
     assert name.endswith("/acg2vec-trainer"), f"{container['image']}: the server image has no PyTorch or Node.js"
@@ -311,7 +312,7 @@ def test_models_config_writer_points_tfserving_at_the_mounted_repository(source,
     if source == "Dockerfile":
         text = DOCKERFILE.read_text()
     else:
-        job = checks.find(build(REPO / "k8s" / "overlays" / "dev"), "Job", "acg2vec-models")
+        job = find(build(REPO / "k8s" / "overlays" / "dev"), "Job", "acg2vec-models")
         text = " ".join(job["spec"]["template"]["spec"]["containers"][0]["args"])
     snippet = models_config_snippet(text)
     for model in ("tagger", "illust2vec"):

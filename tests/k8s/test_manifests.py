@@ -4,7 +4,7 @@
   `kubectl kustomize` renders them.
 - Every built-in object passes `kubernetes-validate --strict`; the Milvus custom resource, which has no
   built-in schema, is checked against the structure the Milvus Operator expects.
-- Cross-references hold (checks.py): Service selectors and ports, probes, ConfigMap/Secret/PVC references,
+- Cross-references hold (checks/): Service selectors and ports, probes, ConfigMap/Secret/PVC references,
   ACG2VEC_* keys against the server's Settings, backend addresses, HPA/PDB targets, the NetworkPolicy, graceful
   shutdown, the Indexed Job, TF-Serving, Tendis.
 - Each check is shown to fail on a deliberately broken copy, so a green run means something.
@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
-import random
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -27,7 +25,26 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from . import checks
+from tests.support.redis_cluster import cluster_ports
+
+from .checks.common import (
+    check_images,
+    check_pod_security,
+    check_probes,
+    check_references,
+    check_services,
+    check_settings_keys,
+)
+from .checks.indexer import check_indexed_jobs
+from .checks.milvus import check_milvus
+from .checks.network_policy import check_network_policy
+from .checks.objects import by_kind
+from .checks.objects import find as find_object
+from .checks.security import check_security
+from .checks.server import check_autoscaling, check_backends, check_graceful_shutdown
+from .checks.settings import settings_fields
+from .checks.tendis import check_tendis
+from .checks.tfserving import check_tfserving
 from .kustomize import KustomizeError, Unsupported, build, to_yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,7 +59,7 @@ def rendered() -> dict[str, list[dict]]:
 
 
 def find(docs: list[dict], kind: str, name: str) -> dict:
-    doc = checks.find(docs, kind, name)
+    doc = find_object(docs, kind, name)
     assert doc is not None, f"{kind}/{name} missing"
     return doc
 
@@ -183,26 +200,26 @@ def test_strict_validation_rejects_a_misspelt_field(rendered):
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_milvus_resource(rendered, overlay):
-    assert checks.check_milvus(rendered[overlay], "cluster" if overlay == "prod" else "standalone") == []
+    assert check_milvus(rendered[overlay], "cluster" if overlay == "prod" else "standalone") == []
 
 
 # --------------------------------------------------------------------------------------------- cross-references
 
 CHECKS: dict[str, Callable[[list[dict], str], list[str]]] = {
-    "services": lambda d, o: checks.check_services(d),
-    "probes": lambda d, o: checks.check_probes(d),
-    "references": lambda d, o: checks.check_references(d),
-    "settings_keys": lambda d, o: checks.check_settings_keys(d),
-    "backends": lambda d, o: checks.check_backends(d),
-    "autoscaling": lambda d, o: checks.check_autoscaling(d),
-    "network_policy": lambda d, o: checks.check_network_policy(d),
-    "graceful_shutdown": lambda d, o: checks.check_graceful_shutdown(d),
-    "pod_security": lambda d, o: checks.check_pod_security(d),
-    "images": lambda d, o: checks.check_images(d),
-    "indexed_jobs": lambda d, o: checks.check_indexed_jobs(d),
-    "tfserving": lambda d, o: checks.check_tfserving(d),
-    "tendis": lambda d, o: checks.check_tendis(d, cluster=o == "prod"),
-    "security": lambda d, o: checks.check_security(d),
+    "services": lambda d, o: check_services(d),
+    "probes": lambda d, o: check_probes(d),
+    "references": lambda d, o: check_references(d),
+    "settings_keys": lambda d, o: check_settings_keys(d),
+    "backends": lambda d, o: check_backends(d),
+    "autoscaling": lambda d, o: check_autoscaling(d),
+    "network_policy": lambda d, o: check_network_policy(d),
+    "graceful_shutdown": lambda d, o: check_graceful_shutdown(d),
+    "pod_security": lambda d, o: check_pod_security(d),
+    "images": lambda d, o: check_images(d),
+    "indexed_jobs": lambda d, o: check_indexed_jobs(d),
+    "tfserving": lambda d, o: check_tfserving(d),
+    "tendis": lambda d, o: check_tendis(d, cluster=o == "prod"),
+    "security": lambda d, o: check_security(d),
 }
 
 
@@ -496,7 +513,7 @@ def test_checks_catch_broken_manifests(rendered, check, overlay, breakage, phras
 def test_milvus_check_catches_broken_resources(rendered, overlay, mode, edit, phrase):
     docs = copy.deepcopy(rendered[overlay])
     edit(find(docs, "Milvus", "milvus")["spec"])
-    problems = checks.check_milvus(docs, mode)
+    problems = check_milvus(docs, mode)
     assert any(phrase in p for p in problems), problems
 
 
@@ -504,7 +521,7 @@ def test_milvus_check_catches_broken_resources(rendered, overlay, mode, edit, ph
 
 
 def _effective_replicas(docs: list[dict], workload: dict) -> tuple[int, int]:
-    for hpa in checks.by_kind(docs, "HorizontalPodAutoscaler"):
+    for hpa in by_kind(docs, "HorizontalPodAutoscaler"):
         if hpa["spec"]["scaleTargetRef"]["name"] == workload["metadata"]["name"]:
             return hpa["spec"].get("minReplicas", 1), hpa["spec"]["maxReplicas"]
     n = workload["spec"].get("replicas", 1)
@@ -513,7 +530,7 @@ def _effective_replicas(docs: list[dict], workload: dict) -> tuple[int, int]:
 
 def test_dev_runs_one_replica_of_everything(rendered):
     docs = rendered["dev"]
-    for w in checks.by_kind(docs, "Deployment") + checks.by_kind(docs, "StatefulSet"):
+    for w in by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet"):
         assert _effective_replicas(docs, w) == (1, 1), w["metadata"]["name"]
     index = find(docs, "Job", "acg2vec-index")["spec"]
     assert index["completions"] == index["parallelism"] == 1
@@ -542,7 +559,7 @@ def test_indexer_job_is_created_suspended(rendered):
 
 
 def test_settings_fields_parsed_by_ast_match_the_settings_class():
-    fields = checks.settings_fields()
+    fields = settings_fields()
     for name in (
         "listen",
         "metrics_port",
@@ -569,26 +586,6 @@ def test_settings_fields_parsed_by_ast_match_the_settings_class():
 # ---------------------------------------------------------------------------------------- the Tendis cluster script
 
 
-def _free_ports(n: int) -> list[int]:
-    """n client ports whose cluster-bus ports (port + 10000) are free as well."""
-
-    def bindable(port: int) -> bool:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-            return True
-
-    ports: list[int] = []
-    rng = random.Random()
-    while len(ports) < n:
-        port = rng.randrange(20000, 55000)
-        if port not in ports and port + 10000 not in ports and bindable(port) and bindable(port + 10000):
-            ports.append(port)
-    return ports
-
-
 def _tool(name: str) -> str | None:
     local = Path(sys.executable).with_name(name)
     return str(local) if local.exists() else shutil.which(name)
@@ -602,7 +599,7 @@ def test_tendis_cluster_script_forms_a_cluster_and_is_idempotent(tmp_path):
     """The prod cluster-forming script, run against six Redis Cluster nodes (the protocol Tendis speaks)."""
     script = K8S / "overlays" / "prod" / "tendis" / "tendis-cluster-init.sh"
     server, cli = _tool("redis-server"), _tool("redis-cli")
-    ports = _free_ports(6)
+    ports = cluster_ports(6)
     procs = []
     try:
         for port in ports:

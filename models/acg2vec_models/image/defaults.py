@@ -27,6 +27,7 @@ from acg2vec_models import repository as repo
 from acg2vec_models.datasets import openclipart
 from acg2vec_models.image.descriptor import DescriptorSpec
 from acg2vec_models.image.heads import ProjectionSpec, TagHeadSpec
+from acg2vec_models.metrics import multi_hot
 
 NAMES = ("tagger", "illust2vec")
 MARKER = ".image-defaults.json"
@@ -48,6 +49,7 @@ _RECIPE_CODE = (
     _HERE / "heads.py",
     _HERE / "nsfwjs.py",
     _HERE.parent / "datasets" / "openclipart.py",
+    _HERE.parent / "metrics.py",  # multi_hot: the tag head's targets
 )
 
 
@@ -139,16 +141,6 @@ def _pixels(path: str) -> int:
 
     with Image.open(path) as image:  # reads the header only; the bomb guard is for decoding
         return image.width * image.height
-
-
-def tag_matrix(records: list[openclipart.ClipartRecord], vocabulary: list[str]) -> np.ndarray:
-    index = {t: i for i, t in enumerate(vocabulary)}
-    labels = np.zeros((len(records), len(vocabulary)), dtype=np.float32)
-    for row, record in enumerate(records):
-        for tag in record.tags:
-            if tag in index:
-                labels[row, index[tag]] = 1.0
-    return labels
 
 
 # --------------------------------------------------------------------------------------------- features
@@ -245,7 +237,7 @@ def train(recipe: Recipe, cache_dir: Path, dataset: Dataset | None = None) -> Tr
     _log("training the retrieval projection and the tag head")
     anchors = np.tile(clean["descriptor"], (recipe.views_per_image, 1))
     projection = train_projection(anchors, view["descriptor"], recipe.projection)
-    tag_head = train_tag_head(clean["pooled"], tag_matrix(dataset.train, dataset.vocabulary), recipe.tag_head)
+    tag_head = train_tag_head(clean["pooled"], multi_hot(dataset.train, dataset.vocabulary), recipe.tag_head)
     return Trained(lite0, nsfw, projection, tag_head, dataset.vocabulary)
 
 

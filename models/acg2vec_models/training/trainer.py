@@ -27,9 +27,9 @@ from typing import Any, Literal
 import numpy as np
 
 from acg2vec_models.image.popularity_bins import BOOKMARK_EDGES, SANITY_EDGES, VIEW_EDGES
+from acg2vec_models.metrics import classification_metrics, multi_hot, tagger_metrics
 from acg2vec_models.training.backbones import BackboneOptions, build_backbone
 from acg2vec_models.training.manifest import Example, read_manifest, split, vocabulary
-from acg2vec_models.training.metrics import classification_metrics, tagger_metrics
 from acg2vec_models.training.optimizer import FusedAdam
 
 log = logging.getLogger(__name__)
@@ -88,16 +88,6 @@ def deepix_bins(examples: list[Example]) -> np.ndarray:
             value = getattr(e, name)
             if value is not None:
                 out[i, k] = int(np.searchsorted(edges, value, side="right"))
-    return out
-
-
-def multi_hot(examples: list[Example], tags: list[str]) -> np.ndarray:
-    index = {t: i for i, t in enumerate(tags)}
-    out = np.zeros((len(examples), len(tags)), dtype=np.float32)
-    for i, e in enumerate(examples):
-        for t in e.tags:
-            if t in index:
-                out[i, index[t]] = 1.0
     return out
 
 

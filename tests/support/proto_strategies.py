@@ -11,7 +11,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from hypothesis import strategies as st
 
-from tests.image_fuzz import base_images, mutate
+from acg2vec_testing.image_fuzz import base_images, mutate
 
 F = FieldDescriptor
 INT_RANGES = {

@@ -18,7 +18,7 @@ from acg2vec_server.backends.embedded_redis import redis_server_binary, server_c
 SLOTS = 16384
 
 
-def _free(port: int) -> bool:
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", port))
@@ -27,13 +27,18 @@ def _free(port: int) -> bool:
     return True
 
 
-def cluster_port() -> int:
-    """A free port whose cluster-bus port (+10000, fixed in Redis 6) is free too."""
-    for _ in range(200):
+def cluster_ports(n: int) -> list[int]:
+    """n free client ports whose cluster-bus ports (+10000, fixed in Redis 6) are free too, none of them another
+    one's bus port."""
+    ports: list[int] = []
+    for _ in range(200 * n):
         port = random.randint(20000, 50000)
-        if _free(port) and _free(port + 10000):
-            return port
-    raise RuntimeError("no free port pair for a Redis Cluster node")
+        taken = {p + d for p in ports for d in (-10000, 0, 10000)}
+        if port not in taken and port + 10000 not in taken and _bindable(port) and _bindable(port + 10000):
+            ports.append(port)
+            if len(ports) == n:
+                return ports
+    raise RuntimeError(f"no {n} free port pairs for Redis Cluster nodes")
 
 
 def cluster_info(client: redis.Redis) -> dict[str, str]:
@@ -60,8 +65,7 @@ class RedisCluster:
     def start(self, timeout_s: float = 30.0) -> None:
         binary = redis_server_binary()
         major = server_major_version(binary)
-        for i in range(self.count):
-            port = cluster_port()
+        for i, port in enumerate(cluster_ports(self.count)):
             node_dir = self.directory / f"node{i}"
             node_dir.mkdir(parents=True, exist_ok=True)
             config = server_config(node_dir, port, self.tendis_compat, major)

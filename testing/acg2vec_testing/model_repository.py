@@ -1,33 +1,14 @@
-"""Shared test helpers: images made in the test, model repository cache, a server on a free port."""
+"""The development model repository, built once per model-code version and cached in the checkout's .cache, and
+private copies of it that a test or benchmark may add to or remove from."""
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shutil
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-ROOT = Path(__file__).resolve().parent.parent
-SHARED_IMAGES = ROOT.parent / "shared" / "data" / "images"
-SAMPLE_PNG = ROOT / "tests" / "data" / "sample.png"
-
-
-def image_bytes(seed: int = 0, size: tuple[int, int] = (96, 80), fmt: str = "PNG", mode: str = "RGB") -> bytes:
-    """A small deterministic picture: gradient plus a coloured disc; different seeds look different."""
-    rng = np.random.default_rng(seed)
-    h, w = size[1], size[0]
-    yy, xx = np.mgrid[0:h, 0:w]
-    base = (rng.random(3) * 255 * (xx[..., None] / w) + rng.random(3) * 255 * (yy[..., None] / h)) / 2
-    cy, cx, r = rng.random() * h, rng.random() * w, 10 + rng.random() * 20
-    disc = ((yy - cy) ** 2 + (xx - cx) ** 2 < r**2)[..., None] * rng.random(3) * 255
-    pixels = np.clip(base + disc, 0, 255).astype(np.uint8)
-    out = io.BytesIO()
-    Image.fromarray(pixels).convert(mode).save(out, format=fmt)
-    return out.getvalue()
+from acg2vec_testing.paths import ROOT
 
 
 def models_fingerprint() -> str:
