@@ -44,6 +44,7 @@ TS_PROTO_OPTIONS = ",".join(
         "forceLong=number",  # the only int64 is ModelInfo.version, a small directory number
         "useDate=true",  # google.protobuf.Timestamp as Date
         "exportCommonSymbols=false",
+        "importSuffix=.js",  # relative imports end in .js, which Node's ESM loader needs (the CJS build too)
     ]
 )
 

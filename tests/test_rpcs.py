@@ -223,3 +223,14 @@ async def test_real_illustrations_are_tagged(stubs):
     for path in sorted(SHARED_IMAGES.glob("*.jpg")):
         response = await stubs.tagging.TagImage(tagging_pb2.TagImageRequest(image=path.read_bytes()))
         assert response.result.tags and response.result.rating != common_pb2.RATING_UNSPECIFIED
+
+
+async def test_health_watch_streams_the_status_through_every_interceptor(stubs):
+    """grpc_health's Watch is a coroutine that writes with context.write, not an async generator: the
+    interceptors (observability, admission) must run it as such."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    call = health_pb2_grpc.HealthStub(stubs.channel).Watch(health_pb2.HealthCheckRequest(service="liveness"))
+    first = await call.read()
+    assert first.status == health_pb2.HealthCheckResponse.SERVING
+    call.cancel()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -17,8 +18,15 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from acg2vec.client import Acg2vecClient, AsyncAcg2vecClient, RetryPolicy, search_request, tag_options
-from acg2vec.client._config import channel_options
+from acg2vec.client import (
+    Acg2vecClient,
+    AsyncAcg2vecClient,
+    RetryPolicy,
+    retry_delay,
+    search_request,
+    tag_options,
+)
+from acg2vec.client._config import STREAMING_METHODS, channel_options, local_connection
 from acg2vec.v1 import (
     common_pb2,
     image_feature_pb2,
@@ -48,15 +56,26 @@ class Recorder:
 
     calls: list[Call] = field(default_factory=list)
     unavailable_budget: int = 0
+    #: Answers for the next calls, in order: a status code and the RetryInfo delay in seconds (None: no RetryInfo).
+    failures: list[tuple[grpc.StatusCode, float | None]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record(self, method: str, request: object, context: grpc.ServicerContext) -> None:
         metadata = {key: value for key, value in context.invocation_metadata() if isinstance(value, str)}
         with self.lock:
             self.calls.append(Call(method, request, metadata))
+            failure = self.failures.pop(0) if self.failures else None
             fail = self.unavailable_budget > 0
             if fail:
                 self.unavailable_budget -= 1
+        if failure is not None:
+            code, delay_s = failure
+            status = status_pb2.Status(code=code.value[0], message=f"try again in {delay_s} s")
+            if delay_s is not None:
+                info = error_details_pb2.RetryInfo()
+                info.retry_delay.FromNanoseconds(int(delay_s * 1e9))
+                status.details.add().Pack(info)
+            context.abort_with_status(rpc_status.to_status(status))
         if fail:
             context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
 
@@ -68,6 +87,7 @@ class Recorder:
         with self.lock:
             self.calls.clear()
             self.unavailable_budget = 0
+            self.failures.clear()
 
 
 def _tags(image: bytes) -> tagging_pb2.ImageTags:
@@ -261,11 +281,19 @@ def test_search_request_needs_exactly_one_query() -> None:
     assert list(request.filter.ratings) == [common_pb2.RATING_GENERAL, common_pb2.RATING_EXPLICIT]
 
 
-def test_retry_policy_becomes_service_config() -> None:
+def test_retry_policy_becomes_service_config_for_the_streams() -> None:
+    """gRPC's own retries cover only the streaming RPCs: unary calls are retried by the client (RetryInfo)."""
     config = json.loads(RetryPolicy(max_attempts=3, initial_backoff_s=0.2).service_config_json())
     (method_config,) = config["methodConfig"]
-    services = {entry["service"] for entry in method_config["name"]}
-    assert {"acg2vec.v1.TaggingService", "acg2vec.v1.SearchService", "grpc.health.v1.Health"} <= services
+    names = {(entry["service"], entry["method"]) for entry in method_config["name"]}
+    assert names == {
+        ("acg2vec.v1.TaggingService", "StreamTagImages"),
+        ("acg2vec.v1.ImageFeatureService", "StreamExtractImageFeatures"),
+        ("acg2vec.v1.TextFeatureService", "StreamExtractTextFeatures"),
+        ("acg2vec.v1.SearchService", "StreamIndexIllustrations"),
+        ("grpc.health.v1.Health", "Watch"),
+    }
+    assert names == set(STREAMING_METHODS)
     policy = method_config["retryPolicy"]
     assert policy["maxAttempts"] == 3
     assert policy["initialBackoff"] == "0.200000000s"
@@ -299,6 +327,68 @@ def test_tag_image_maps_fields_and_sends_bearer_token(client: Acg2vecClient, rec
     assert not call.request.options.thresholds.HasField("rating")
     assert call.metadata["authorization"] == f"Bearer {TOKEN}"
     assert call.metadata["x-client"] == "unit"
+
+
+def test_token_travels_as_call_credentials(client: Acg2vecClient, recorder: Recorder) -> None:
+    """Channel-level call credentials: a raw stub call, with no metadata of its own, carries the token too."""
+    client.tagging.TagImage(tagging_pb2.TagImageRequest(image=b"raw"), timeout=5)
+    (call,) = recorder.of("TagImage")
+    assert call.metadata["authorization"] == f"Bearer {TOKEN}"
+    assert "x-client" not in call.metadata, "per-call metadata is the client methods' business"
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["127.0.0.1:50051", "localhost:50051", "[::1]:50051", "dns:///localhost:1", "ipv4:127.0.0.1:1,127.0.0.2:2"],
+)
+def test_loopback_targets_are_local(target: str) -> None:
+    assert local_connection(target) == grpc.LocalConnectionType.LOCAL_TCP
+    assert local_connection("unix:/run/acg2vec.sock") == grpc.LocalConnectionType.UDS
+
+
+@pytest.mark.parametrize(
+    "target", ["acg2vec.example.com:50051", "dns:///acg2vec:50051", "10.0.0.5:50051", "ipv4:127.0.0.1:1,10.0.0.1:2"]
+)
+def test_token_refused_over_plaintext_to_another_host(target: str) -> None:
+    assert local_connection(target) is None
+    with pytest.raises(ValueError, match=r"refusing to send the token in plaintext.*allow_plaintext_token=True"):
+        Acg2vecClient(target, token=TOKEN)
+    # no token, TLS, or the explicit opt-in: accepted (the channel connects lazily, so nothing is sent here)
+    for kwargs in ({}, {"token": TOKEN, "tls": True}, {"token": TOKEN, "allow_plaintext_token": True}):
+        Acg2vecClient(target, **kwargs).close()  # type: ignore[arg-type]
+
+
+def _non_loopback_ipv4() -> str | None:
+    """An address of this machine that is not loopback (none on an isolated CI runner: the test skips)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # UDP connect sends nothing; it only picks the outgoing interface
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
+def test_forced_plaintext_token_reaches_another_host(recorder: Recorder) -> None:
+    address = _non_loopback_ipv4()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    tagging_pb2_grpc.add_TaggingServiceServicer_to_server(FakeTagging(recorder), grpc_server)
+    port = grpc_server.add_insecure_port(f"{address}:0")
+    grpc_server.start()
+    try:
+        target = f"{address}:{port}"
+        with pytest.raises(ValueError, match="allow_plaintext_token"):
+            Acg2vecClient(target, token=TOKEN)
+        with Acg2vecClient(
+            target, token=TOKEN, allow_plaintext_token=True, options=[("grpc.enable_http_proxy", 0)]
+        ) as c:
+            assert c.tag_image(b"remote").result.tags[0].name == "remote"
+        (call,) = recorder.of("TagImage")
+        assert call.metadata["authorization"] == f"Bearer {TOKEN}"
+    finally:
+        grpc_server.stop(grace=None)
 
 
 def test_tag_images_splits_into_batches(client: Acg2vecClient, recorder: Recorder) -> None:
@@ -441,6 +531,51 @@ def test_gives_up_after_max_attempts(client: Acg2vecClient, recorder: Recorder) 
     assert len(recorder.of("TagImage")) == FAST_RETRY.max_attempts
 
 
+def test_resource_exhausted_with_retry_info_waits_the_servers_delay(client: Acg2vecClient, recorder: Recorder) -> None:
+    recorder.failures = [(grpc.StatusCode.RESOURCE_EXHAUSTED, 0.3)]
+    started = time.monotonic()
+    assert client.tag_image(b"later").result.tags[0].name == "later"
+    assert time.monotonic() - started >= 0.3, "never sooner than the server asked"
+    assert len(recorder.of("TagImage")) == 2
+
+
+def test_unavailable_with_retry_info_waits_the_servers_delay_not_the_backoff(
+    client: Acg2vecClient, recorder: Recorder
+) -> None:
+    recorder.failures = [(grpc.StatusCode.UNAVAILABLE, 0.3), (grpc.StatusCode.UNAVAILABLE, 0.3)]
+    started = time.monotonic()
+    assert len(client.extract_text_features(["a"]).features) == 1
+    assert time.monotonic() - started >= 0.6, f"backoff of {FAST_RETRY.max_backoff_s} s would be much shorter"
+    assert len(recorder.of("BatchExtractTextFeatures")) == 3
+
+
+def test_resource_exhausted_without_retry_info_is_not_retried(client: Acg2vecClient, recorder: Recorder) -> None:
+    """E.g. a quota or size limit: trying again would not help."""
+    recorder.failures = [(grpc.StatusCode.RESOURCE_EXHAUSTED, None)]
+    with pytest.raises(grpc.RpcError) as excinfo:
+        client.tag_image(b"x")
+    assert excinfo.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert retry_delay(excinfo.value) is None
+    assert len(recorder.of("TagImage")) == 1
+
+
+@pytest.mark.parametrize(("delay_s", "timeout_s"), [(30.0, 60.0), (0.8, 0.3)])
+def test_retry_info_beyond_the_bound_or_the_deadline_fails_at_once(
+    server: FakeServer, recorder: Recorder, delay_s: float, timeout_s: float
+) -> None:
+    """A delay over max_retry_delay_s (10 s), or longer than the time left: the caller gets the answer now."""
+    recorder.failures = [(grpc.StatusCode.RESOURCE_EXHAUSTED, delay_s)]
+    with Acg2vecClient(server.target, timeout_s=timeout_s, retries=FAST_RETRY) as c:
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as excinfo:
+            c.tag_image(b"x")
+        elapsed = time.monotonic() - started
+    assert excinfo.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert retry_delay(excinfo.value) == pytest.approx(delay_s)
+    assert elapsed < min(delay_s, timeout_s), "no waiting for a retry that cannot happen"
+    assert len(recorder.of("TagImage")) == 1
+
+
 def test_no_retry_when_disabled(server: FakeServer, recorder: Recorder) -> None:
     recorder.unavailable_budget = 1
     with Acg2vecClient(server.target, retries=0) as no_retry, pytest.raises(grpc.RpcError) as excinfo:
@@ -484,6 +619,58 @@ def test_raw_stubs_are_exposed(client: Acg2vecClient) -> None:
     response = client.tagging.TagImage(tagging_pb2.TagImageRequest(image=b"raw"), timeout=5)
     assert response.result.tags[0].name == "raw"
     assert client.search_service is not None and client.image_features is not None and client.text_features is not None
+
+
+class _CallDetails(grpc.ClientCallDetails):
+    def __init__(self, details: grpc.ClientCallDetails, metadata: list[tuple[str, str]]) -> None:
+        self.method = details.method
+        self.timeout = details.timeout
+        self.metadata = metadata
+        self.credentials = details.credentials
+        self.wait_for_ready = details.wait_for_ready
+        self.compression = details.compression
+
+
+class TagAttempts(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """A user's interceptor: counts attempts and adds a header."""
+
+    def __init__(self) -> None:
+        self.methods: list[str] = []
+
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        self.methods.append(details.method)
+        return _CallDetails(details, [*(details.metadata or ()), ("x-intercepted", "sync")])
+
+    def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
+        return continuation(self._details(client_call_details), request_iterator)
+
+
+def test_user_interceptors_see_every_call_and_attempt(server: FakeServer, recorder: Recorder) -> None:
+    interceptor = TagAttempts()
+    with Acg2vecClient(server.target, token=TOKEN, retries=FAST_RETRY, interceptors=[interceptor]) as c:
+        recorder.unavailable_budget = 1
+        assert c.tag_image(b"a").result.tags[0].name == "a"
+        assert [r.request_id for r in c.stream_tag_images([("s", b"b")])] == ["s"]
+        assert c.health_check().status == health_pb2.HealthCheckResponse.SERVING
+    assert interceptor.methods == [
+        "/acg2vec.v1.TaggingService/TagImage",
+        "/acg2vec.v1.TaggingService/TagImage",  # the retry is a second attempt through the interceptors
+        "/acg2vec.v1.TaggingService/StreamTagImages",
+        "/grpc.health.v1.Health/Check",
+    ]
+    seen = recorder.of("TagImage") + recorder.of("StreamTagImages")
+    assert [c.metadata.get("x-intercepted") for c in seen] == ["sync"] * 3
+    assert all(c.metadata["authorization"] == f"Bearer {TOKEN}" for c in seen)
+
+
+def test_interceptors_must_match_the_client_flavour(server: FakeServer) -> None:
+    with pytest.raises(TypeError, match=r"grpc\.aio"):
+        AsyncAcg2vecClient(server.target, interceptors=[TagAttempts()])
+    with pytest.raises(TypeError, match="UnaryUnaryClientInterceptor"):
+        Acg2vecClient(server.target, interceptors=[object()])
 
 
 # Async client ---------------------------------------------------------------------------------------
@@ -547,3 +734,52 @@ async def test_async_retry_and_deadline(server: FakeServer, recorder: Recorder) 
         with pytest.raises(grpc.aio.AioRpcError) as excinfo:
             await aclient.tag_image(b"slow")
         assert excinfo.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def test_async_retry_info_waits_the_servers_delay(server: FakeServer, recorder: Recorder) -> None:
+    async with AsyncAcg2vecClient(server.target, timeout_s=5, retries=FAST_RETRY) as aclient:
+        recorder.failures = [(grpc.StatusCode.RESOURCE_EXHAUSTED, 0.3)]
+        started = time.monotonic()
+        assert (await aclient.tag_image(b"later")).result.tags[0].name == "later"
+        assert time.monotonic() - started >= 0.3
+        assert len(recorder.of("TagImage")) == 2
+
+        recorder.reset()
+        recorder.failures = [(grpc.StatusCode.UNAVAILABLE, 8.0)]
+        with pytest.raises(grpc.aio.AioRpcError) as excinfo:
+            await aclient.tag_image(b"x", timeout=1.0)
+        assert excinfo.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert retry_delay(excinfo.value) == pytest.approx(8.0)
+        assert len(recorder.of("TagImage")) == 1
+
+
+class AsyncTagAttempts(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.StreamStreamClientInterceptor):
+    def __init__(self) -> None:
+        self.methods: list[str] = []
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        method = details.method.decode() if isinstance(details.method, bytes) else details.method
+        self.methods.append(method)
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), ("x-intercepted", "aio"))
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return await continuation(self._details(client_call_details), request)
+
+    async def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
+        return await continuation(self._details(client_call_details), request_iterator)
+
+
+async def test_async_user_interceptors(server: FakeServer, recorder: Recorder) -> None:
+    interceptor = AsyncTagAttempts()
+    async with AsyncAcg2vecClient(server.target, token=TOKEN, interceptors=[interceptor]) as aclient:
+        assert (await aclient.tag_image(b"a")).result.tags[0].name == "a"
+        assert [r.request_id async for r in aclient.stream_tag_images([("s", b"b")])] == ["s"]
+    assert interceptor.methods == ["/acg2vec.v1.TaggingService/TagImage", "/acg2vec.v1.TaggingService/StreamTagImages"]
+    seen = recorder.of("TagImage") + recorder.of("StreamTagImages")
+    assert [c.metadata.get("x-intercepted") for c in seen] == ["aio", "aio"]
+    assert all(c.metadata["authorization"] == f"Bearer {TOKEN}" for c in seen)
+    with pytest.raises(TypeError, match=r"grpc\.aio\.ClientInterceptor"):
+        AsyncAcg2vecClient(server.target, interceptors=[TagAttempts()])

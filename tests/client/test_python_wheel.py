@@ -1,8 +1,10 @@
-"""The acg2vec-client wheel, installed in a clean venv (no project packages, dependencies pinned by
-constraints.txt, from the registry), calls a live server: what a user of `pip install acg2vec-client` gets.
+"""The acg2vec-client wheel, installed in a clean venv (no project packages, dependencies from the registry),
+calls a live server: what a user of `pip install acg2vec-client` gets. Twice: with every direct dependency at
+the lowest version the wheel allows (its `>=` floors, like `uv pip install --resolution lowest-direct`), which
+proves the floors, and at the versions of constraints.txt, which the server runs with.
 
-Building the wheel and the venv happens on every run (about 10 s); only the downloaded dependency wheels are
-cached (.cache/client-wheelhouse-<hash of constraints.txt and the client's pyproject.toml>).
+Building the wheel and the venvs happens on every run (about 10 s each); only the downloaded dependency wheels
+are cached (.cache/client-wheelhouse-<hash of what was asked for>).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,9 +27,11 @@ from acg2vec_testing.paths import ROOT, SAMPLE_PNG
 
 CLIENT = ROOT / "clients" / "python"
 CONSTRAINTS = ROOT / "constraints.txt"
+GENERATED = CLIENT / "src" / "acg2vec" / "v1"
 
 SMOKE = r'''
 """Runs inside the clean venv: only the wheel and its dependencies are importable."""
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -40,6 +45,15 @@ from grpc_status import rpc_status
 import acg2vec
 from acg2vec.client import Acg2vecClient
 from acg2vec.v1 import common_pb2, search_pb2
+
+
+class CountCalls(grpc.UnaryUnaryClientInterceptor):
+    def __init__(self):
+        self.methods = []
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        self.methods.append(client_call_details.method)
+        return continuation(client_call_details, request)
 
 target, sample = sys.argv[1], sys.argv[2]
 
@@ -59,9 +73,14 @@ out = {
     "version": acg2vec.__version__,
     "project_modules": [m for m in ("acg2vec_server", "acg2vec_models", "tensorflow", "tests")
                         if importlib.util.find_spec(m) is not None],
+    "installed": {name: importlib.metadata.version(name) for name in
+                  ("grpcio", "protobuf", "googleapis-common-protos", "grpcio-status", "grpcio-health-checking")},
 }
 image = open(sample, "rb").read()
-with Acg2vecClient(target, token=os.environ.get("ACG2VEC_TOKEN") or "unused-when-auth-is-off", timeout_s=30) as c:
+counter = CountCalls()
+# the token travels as call credentials (local credentials on a loopback target)
+token = os.environ.get("ACG2VEC_TOKEN") or "unused-when-auth-is-off"
+with Acg2vecClient(target, token=token, timeout_s=30, interceptors=[counter]) as c:
     out["health"] = {name or "server": serving(c, name)
                      for name in ("", "acg2vec.v1.TaggingService", "acg2vec.v1.SearchService")}
     tagged = c.tag_image(image, top_k=4, thresholds={"general": 0.0}).result
@@ -82,6 +101,9 @@ with Acg2vecClient(target, token=os.environ.get("ACG2VEC_TOKEN") or "unused-when
     except grpc.RpcError as e:
         status = rpc_status.from_call(e)
         out["empty_text"] = {"code": e.code().name, "details": e.details(), "rich": status is not None}
+    streamed = list(c.stream_extract_text_features([("a", "初音ミク"), ("b", "")]))
+    out["stream"] = {a.request_id: a.WhichOneof("outcome") for a in streamed}
+out["intercepted"] = sorted(set(counter.methods))
 print(json.dumps(out))
 '''
 
@@ -101,14 +123,26 @@ def build_wheel(out: Path) -> Path:
     return wheel
 
 
-def wheelhouse(wheel: Path) -> Path:
-    """The wheel's dependencies at the constraints' versions, downloaded once per constraints/pyproject state."""
-    key = hashlib.sha256(CONSTRAINTS.read_bytes() + (CLIENT / "pyproject.toml").read_bytes()).hexdigest()[:16]
-    house = ROOT / ".cache" / f"client-wheelhouse-{key}"
+def lowest_pins(wheel: Path) -> list[str]:
+    """`name==floor` for every dependency the wheel declares as `name>=floor`: the lowest-direct resolution."""
+    with zipfile.ZipFile(wheel) as archive:
+        (metadata,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        requires = re.findall(r"^Requires-Dist: (.+)$", archive.read(metadata).decode(), re.MULTILINE)
+    pins = []
+    for requirement in requires:
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9.]+)", requirement.replace(" ", ""))
+        assert match, f"{requirement!r}: declare dependencies as name>=floor, so the floor is testable"
+        pins.append(f"{match[1]}=={match[2]}")
+    return pins
+
+
+def wheelhouse(wheel: Path, requirements: list[str]) -> Path:
+    """The wheel's dependencies as `requirements` select them, downloaded once per selection."""
+    key = hashlib.sha256("\n".join(requirements).encode() + (CLIENT / "pyproject.toml").read_bytes()).hexdigest()
+    house = ROOT / ".cache" / f"client-wheelhouse-{key[:16]}"
     if not (house / ".complete").exists():
         shutil.rmtree(house, ignore_errors=True)
-        pip = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-c", CONSTRAINTS]
-        run(*pip, "-d", house, wheel)
+        run(sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", house, wheel, *requirements)
         for own in house.glob("acg2vec_client-*"):
             own.unlink()  # only the dependencies are cached; the wheel under test is built fresh
         (house / ".complete").write_text("ok")
@@ -116,24 +150,57 @@ def wheelhouse(wheel: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def clean_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work = tmp_path_factory.mktemp("wheel")
-    wheel = build_wheel(work)
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    built = build_wheel(tmp_path_factory.mktemp("wheel"))
     version = tomllib.loads((CLIENT / "pyproject.toml").read_text())["project"]["version"]
-    assert wheel.name == f"acg2vec_client-{version}-py3-none-any.whl"
-    names = zipfile.ZipFile(wheel).namelist()
-    assert "acg2vec/v1/tagging_pb2.pyi" in names and "acg2vec/py.typed" in names and "acg2vec/client/_sync.py" in names
-    house = wheelhouse(wheel)
-    venv = work / "venv"
+    assert built.name == f"acg2vec_client-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(built) as archive:
+        names = archive.namelist()
+        assert "acg2vec/v1/tagging_pb2.pyi" in names and "acg2vec/py.typed" in names
+        assert "acg2vec/client/_sync.py" in names
+        (license_file,) = [n for n in names if re.search(r"\.dist-info/(licenses/)?LICENSE$", n)]
+        assert archive.read(license_file) == (ROOT / "LICENSE").read_bytes(), "the wheel ships the Apache-2.0 LICENSE"
+    return built
+
+
+@pytest.fixture(scope="module", params=["lowest", "constraints"])
+def clean_python(request: pytest.FixtureRequest, wheel: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A venv with only the wheel and its dependencies: at their floors, or at constraints.txt's versions."""
+    requirements = lowest_pins(wheel) if request.param == "lowest" else ["-c", str(CONSTRAINTS)]
+    house = wheelhouse(wheel, requirements)
+    venv = tmp_path_factory.mktemp(f"venv-{request.param}") / "venv"
     run(sys.executable, "-m", "venv", "--without-pip", venv)
     python = venv / "bin" / "python"
     # this venv's pip installs into the clean one (--python): the clean venv needs no pip of its own
     install = [sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-index", "--find-links", house]
-    run(*install, "-c", CONSTRAINTS, wheel)
-    return python
+    run(*install, wheel, *requirements)
+    expected = {pin.partition("==")[0]: pin.partition("==")[2] for pin in requirements if "==" in pin}
+    return python, expected
+
+
+def test_dependency_floors_match_the_generated_code():
+    """The floors in pyproject.toml are what the checked-in generated code demands at import: protobuf's runtime
+    check (ValidateProtobufRuntimeVersion) and grpcio's (GRPC_GENERATED_VERSION). Regenerating with newer tools
+    without raising the floors fails here."""
+    dependencies = tomllib.loads((CLIENT / "pyproject.toml").read_text())["project"]["dependencies"]
+    floors = dict(re.fullmatch(r"([a-z0-9-]+)>=([0-9.]+)", d).groups() for d in dependencies)  # type: ignore[union-attr]
+
+    def newest(pattern: str, glob: str) -> tuple[int, ...]:
+        found = {re.search(pattern, p.read_text(), re.DOTALL).group(1) for p in GENERATED.glob(glob)}  # type: ignore[union-attr]
+        versions = {tuple(int(x) for x in re.findall(r"\d+", v)) for v in found}
+        return max(versions)
+
+    protobuf = newest(
+        r"ValidateProtobufRuntimeVersion\(\s*_runtime_version\.Domain\.PUBLIC,\s*(\d+,\s*\d+,\s*\d+)", "*_pb2.py"
+    )
+    grpcio = newest(r"GRPC_GENERATED_VERSION = '([0-9.]+)'", "*_pb2_grpc.py")
+    as_tuple = {name: tuple(int(x) for x in floor.split(".")) for name, floor in floors.items()}
+    assert as_tuple["protobuf"] == protobuf, f"protobuf floor {floors['protobuf']} != gencode {protobuf}"
+    assert as_tuple["grpcio"] == grpcio, f"grpcio floor {floors['grpcio']} != generated for {grpcio}"
 
 
 async def test_wheel_in_a_clean_venv_calls_a_live_server(app, clean_python, tmp_path):
+    clean_python, expected_versions = clean_python
     script = tmp_path / "smoke.py"
     script.write_text(SMOKE)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
@@ -148,6 +215,8 @@ async def test_wheel_in_a_clean_venv_calls_a_live_server(app, clean_python, tmp_
 
     assert Path(out["acg2vec_file"]).is_relative_to(clean_python.parent.parent), out["acg2vec_file"]
     assert out["project_modules"] == [], "the clean venv must hold only the client and its dependencies"
+    if expected_versions:  # the lowest-direct venv: each direct dependency exactly at its floor
+        assert out["installed"] == expected_versions
     assert out["version"] == tomllib.loads((CLIENT / "pyproject.toml").read_text())["project"]["version"]
     assert out["health"] == dict.fromkeys(
         ["server", "acg2vec.v1.TaggingService", "acg2vec.v1.SearchService"], "SERVING"
@@ -164,3 +233,5 @@ async def test_wheel_in_a_clean_venv_calls_a_live_server(app, clean_python, tmp_
     assert out["deleted"] is True
     assert out["empty_text"]["code"] == "INVALID_ARGUMENT" and "text is empty" in out["empty_text"]["details"]
     assert out["empty_text"]["rich"], "the google.rpc.Status details reach a client installed from the wheel"
+    assert out["stream"] == {"a": "feature", "b": "error"}
+    assert "/acg2vec.v1.TaggingService/TagImage" in out["intercepted"], "a user interceptor saw the calls"

@@ -1,6 +1,7 @@
-"""The TypeScript client (clients/typescript): generated code up to date, versioned with the protos, and its
-Node test calling a live server from a clean `npm ci` (dependencies from the npm registry, cached in node_modules
-per package-lock.json) and a `tsc` build."""
+"""The TypeScript client (clients/typescript): generated code up to date, versioned with the protos; its unit
+test (an in-process grpc-js fake server) and live test from a clean `npm ci` (dependencies from the npm registry,
+cached in node_modules per package-lock.json) and build; and the packed tarball installed into a fresh project
+whose @grpc/grpc-js is another minor version, called from an ES module and a CommonJS script."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tomllib
 from pathlib import Path
 
@@ -22,6 +24,8 @@ from acg2vec_testing.paths import ROOT, SAMPLE_PNG
 
 PACKAGE = ROOT / "clients" / "typescript"
 STAMP = ".acg2vec-stamp"
+#: The fresh project's grpc-js: one minor below the client's dev dependency, inside its peer range.
+CONSUMER_GRPC_JS = "1.13.7"
 
 
 def digest(*paths: Path) -> str:
@@ -33,9 +37,10 @@ def digest(*paths: Path) -> str:
     return h.hexdigest()
 
 
-def npm(*args: str, timeout: float = 300) -> None:
-    result = subprocess.run(["npm", *args], cwd=PACKAGE, capture_output=True, text=True, timeout=timeout)
+def npm(*args: str, cwd: Path = PACKAGE, timeout: float = 300) -> str:
+    result = subprocess.run(["npm", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"npm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
 
 
 def ensure(folder: Path, key: str, *command: str) -> None:
@@ -50,14 +55,17 @@ def ensure(folder: Path, key: str, *command: str) -> None:
 
 @pytest.fixture(scope="module")
 def ts_package() -> Path:
-    """`npm ci` (only when package-lock.json changed) and `npm run build` (only when a source changed)."""
+    """`npm ci` (only when package-lock.json changed) and `npm run build` (only when a source changed).
+
+    `--ignore-scripts`: `npm ci` would run the package's `prepare` (the build) too; the build runs on its own line.
+    """
     missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
     if missing:
         pytest.skip(f"{' and '.join(missing)} not installed: the TypeScript client needs Node.js >= 18 with npm")
     lock = digest(PACKAGE / "package-lock.json")
-    ensure(PACKAGE / "node_modules", lock, "ci", "--no-audit", "--no-fund")
-    sources = digest(PACKAGE / "package-lock.json", PACKAGE / "tsconfig.json", PACKAGE / "src")
-    ensure(PACKAGE / "dist", sources, "run", "build")
+    ensure(PACKAGE / "node_modules", lock, "ci", "--no-audit", "--no-fund", "--ignore-scripts")
+    build_inputs = ["package-lock.json", "package.json", "tsconfig.json", "tsconfig.esm.json", "build.cjs", "src"]
+    ensure(PACKAGE / "dist", digest(*(PACKAGE / name for name in build_inputs)), "run", "build")
     return PACKAGE
 
 
@@ -95,11 +103,19 @@ def test_both_clients_carry_the_protos_version():
 
 
 def test_dependencies_are_pinned_and_from_the_npm_registry():
+    """grpc-js is a peer dependency (the app's one copy: its credentials and the client's are the same classes),
+    with a dev dependency to build and test against; everything else is pinned exactly."""
     package = json.loads((PACKAGE / "package.json").read_text())
     for section in ("dependencies", "devDependencies"):
         for name, spec in package[section].items():
             assert re.fullmatch(r"\d+\.\d+\.\d+", spec), f"{name}@{spec}: pin an exact version"
-    assert "@grpc/grpc-js" in package["dependencies"]
+    assert "@grpc/grpc-js" not in package["dependencies"], "a second grpc-js copy breaks the app's credentials"
+    peer = re.fullmatch(r"\^(\d+)\.(\d+)\.(\d+)", package["peerDependencies"]["@grpc/grpc-js"])
+    assert peer, "peer range: ^<floor>"
+    dev = tuple(int(x) for x in package["devDependencies"]["@grpc/grpc-js"].split("."))
+    consumer = tuple(int(x) for x in CONSUMER_GRPC_JS.split("."))
+    floor = tuple(int(x) for x in peer.groups())
+    assert floor <= consumer < dev and consumer[0] == dev[0] and consumer[1] == dev[1] - 1
     lock = json.loads((PACKAGE / "package-lock.json").read_text())
     for path, entry in lock["packages"].items():
         if path and not entry.get("link"):
@@ -107,6 +123,79 @@ def test_dependencies_are_pinned_and_from_the_npm_registry():
             resolved = entry.get("resolved", "https://registry.npmjs.org/")
             assert resolved.startswith("https://registry.npmjs.org/"), (path, resolved)
             assert entry.get("integrity"), path
+
+
+def test_exports_map_and_prepare():
+    """ESM and CommonJS builds behind one `exports` map (types per condition); `prepare` builds a git or folder
+    install; the tarball ships the LICENSE."""
+    package = json.loads((PACKAGE / "package.json").read_text())
+    assert package["exports"]["."] == {
+        "import": {"types": "./dist/esm/index.d.ts", "default": "./dist/esm/index.js"},
+        "require": {"types": "./dist/cjs/index.d.ts", "default": "./dist/cjs/index.js"},
+    }
+    assert package["scripts"]["prepare"] == "npm run build"
+    assert "LICENSE" in package["files"] and (PACKAGE / "LICENSE").read_bytes() == (ROOT / "LICENSE").read_bytes()
+
+
+async def test_typescript_unit_tests(ts_package):
+    """Call credentials, RetryInfo, interceptors, streams and AbortSignal against an in-process grpc-js server."""
+    argv = ["node", "--test", "--test-reporter=tap", "test/unit.test.cjs"]
+    env = {**os.environ, "NODE_OPTIONS": ""}
+    result = subprocess.run(argv, cwd=ts_package, env=env, capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    counts = dict(re.findall(r"^# (pass|fail|tests) (\d+)$", result.stdout, re.MULTILINE))
+    assert counts.get("fail") == "0" and int(counts.get("pass", 0)) >= 13 and counts["pass"] == counts["tests"], output
+
+
+@pytest.fixture(scope="module")
+def consumer(ts_package, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh project with the packed tarball and its own grpc-js (CONSUMER_GRPC_JS), installed by npm.
+
+    The install is kept per tarball (npm packs reproducibly: same files, same bytes) in .cache/npm-consumer-<hash>.
+    """
+    work = tmp_path_factory.mktemp("npm-pack")
+    packed = json.loads(npm("pack", "--ignore-scripts", "--json", "--pack-destination", str(work)))
+    tarball = work / packed[0]["filename"]
+    with tarfile.open(tarball) as archive:
+        names = archive.getnames()
+        license_file = archive.extractfile("package/LICENSE")
+        assert license_file is not None and license_file.read() == (ROOT / "LICENSE").read_bytes()
+    assert {"package/dist/esm/index.js", "package/dist/cjs/index.js", "package/dist/esm/package.json"} <= set(names)
+    assert not [n for n in names if n.startswith(("package/node_modules", "package/test"))], names
+    key = hashlib.sha256(tarball.read_bytes() + CONSUMER_GRPC_JS.encode()).hexdigest()[:16]
+    project = ROOT / ".cache" / f"npm-consumer-{key}"
+    if not (project / STAMP).exists():
+        shutil.rmtree(project, ignore_errors=True)
+        project.mkdir(parents=True)
+        shutil.copy(tarball, project / tarball.name)
+        dependencies = {"@acg2vec/client": f"file:{tarball.name}", "@grpc/grpc-js": CONSUMER_GRPC_JS}
+        package = {"name": "app", "private": True, "dependencies": dependencies}
+        (project / "package.json").write_text(json.dumps(package))
+        npm("install", "--no-audit", "--no-fund", "--prefer-offline", cwd=project)
+        (project / STAMP).write_text(key)
+    for script in ("esm.mjs", "cjs.cjs"):
+        shutil.copy(PACKAGE / "test" / "consumer" / script, project / script)
+    return project
+
+
+async def test_packed_tarball_in_a_fresh_project_esm_and_cjs(app, consumer):
+    modules = consumer / "node_modules"
+    assert json.loads((modules / "@grpc" / "grpc-js" / "package.json").read_text())["version"] == CONSUMER_GRPC_JS
+    assert not (modules / "@acg2vec" / "client" / "node_modules" / "@grpc").exists(), "one grpc-js: the app's"
+    env = {**os.environ, "ACG2VEC_TARGET": f"127.0.0.1:{app.port}", "ACG2VEC_SAMPLE_PNG": str(SAMPLE_PNG)}
+    env["NODE_OPTIONS"] = ""
+    for script, flavour in (("esm.mjs", "esm"), ("cjs.cjs", "cjs")):
+        result = await asyncio.to_thread(
+            subprocess.run, ["node", script], cwd=consumer, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        out = json.loads(result.stdout)
+        assert f"/@acg2vec/client/dist/{flavour}/index.js" in out["resolved"], out["resolved"]
+        assert out["grpcJs"] == CONSUMER_GRPC_JS
+        assert out["version"] == acg2vec.__version__
+        assert out["serving"] is True and out["tags"] == 3 and out["stream"] == [["t", True]], out
+        assert out["cancelled"] is True, out
 
 
 async def test_typescript_client_against_live_server(app, ts_package):
@@ -124,7 +213,7 @@ async def test_typescript_client_against_live_server(app, ts_package):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     counts = dict(re.findall(r"^# (pass|fail|tests) (\d+)$", result.stdout, re.MULTILINE))
-    assert counts.get("fail") == "0" and int(counts.get("pass", 0)) >= 7, output
+    assert counts.get("fail") == "0" and int(counts.get("pass", 0)) >= 9, output
     assert counts["pass"] == counts["tests"], output
 
 
@@ -161,12 +250,12 @@ def readme_example(package: Path) -> str:
         for line in block.splitlines():
             in_import = bool(imports) and not imports[-1].rstrip().endswith(";")
             (imports if line.startswith("import ") or in_import else body).append(line)
-    header = "\n".join(imports).replace('"@acg2vec/client"', '"./dist/index"')
+    header = "\n".join(imports)  # "@acg2vec/client" resolves to this package itself (its exports map)
     return f"{header}\ndeclare const paths: string[];\nexport async function main() {{\n" + "\n".join(body) + "\n}\n"
 
 
 def test_readme_examples_type_check(ts_package):
-    """The usage examples compile (strict) against the built package's declarations."""
+    """The usage examples compile (strict) against the built package's declarations, through its exports map."""
     example = ts_package / "readme-example.check.ts"
     example.write_text(readme_example(ts_package))
     try:

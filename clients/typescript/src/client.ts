@@ -1,21 +1,30 @@
 /**
- * A small typed client over the generated @grpc/grpc-js stubs: one channel for all services, a default
- * deadline, an optional bearer token, retries on UNAVAILABLE, and promise-returning unary methods. Responses
- * are the generated message types, unchanged; anything not wrapped is reachable through the raw stubs.
+ * A small typed client over the generated @grpc/grpc-js stubs: one channel for all services, a default deadline,
+ * the bearer token as call credentials, retries that honour the server's RetryInfo, user interceptors, and one
+ * method per RPC: promises for unary calls, async iterables (in and out) for streams, an AbortSignal for each.
+ * Responses are the generated message types, unchanged; the raw stubs stay reachable too.
  */
 import {
+  type CallCredentials,
   type CallOptions,
   Channel,
-  type ChannelCredentials,
   type ChannelOptions,
   type ClientUnaryCall,
-  credentials,
+  type Interceptor,
   Metadata,
   type ServiceError,
 } from "@grpc/grpc-js";
 
-import { type FeatureVector } from "./gen/acg2vec/v1/common";
-import { type ExtractImageFeatureResponse, ImageFeatureServiceClient } from "./gen/acg2vec/v1/image_feature";
+import { type CredentialOptions, channelCredentials, tokenCredentials } from "./credentials.js";
+import { type FeatureVector } from "./gen/acg2vec/v1/common.js";
+import {
+  type BatchExtractImageFeaturesResponse,
+  type ExtractImageFeatureResponse,
+  ImageFeatureServiceClient,
+  ImageFeatureServiceService,
+  type StreamExtractImageFeaturesRequest,
+  type StreamExtractImageFeaturesResponse,
+} from "./gen/acg2vec/v1/image_feature.js";
 import {
   type DeleteIllustrationResponse,
   type GetIllustrationResponse,
@@ -25,26 +34,37 @@ import {
   SearchRequest,
   type SearchResponse,
   SearchServiceClient,
+  SearchServiceService,
+  type StreamIndexIllustrationsRequest,
+  type StreamIndexIllustrationsResponse,
   type UpdateIllustrationMetadataResponse,
   VectorSpace,
-} from "./gen/acg2vec/v1/search";
+} from "./gen/acg2vec/v1/search.js";
 import {
   type BatchTagImagesResponse,
   CategoryThresholds,
+  type PredictPopularityResponse,
+  type StreamTagImagesRequest,
+  type StreamTagImagesResponse,
   TaggingServiceClient,
+  TaggingServiceService,
   TagOptions,
   type TagImageResponse,
-} from "./gen/acg2vec/v1/tagging";
+} from "./gen/acg2vec/v1/tagging.js";
 import {
   type BatchExtractTextFeaturesResponse,
   type ExtractTextFeatureResponse,
+  type StreamExtractTextFeaturesRequest,
+  type StreamExtractTextFeaturesResponse,
   TextFeatureServiceClient,
-} from "./gen/acg2vec/v1/text_feature";
-import { HealthCheckResponse_ServingStatus, HealthClient } from "./gen/grpc/health/v1/health";
+  TextFeatureServiceService,
+} from "./gen/acg2vec/v1/text_feature.js";
+import { HealthCheckResponse_ServingStatus, HealthClient, HealthService } from "./gen/grpc/health/v1/health.js";
+import { type RetryPolicy, resolveRetryPolicy, streamRetryServiceConfig, waitBeforeRetry } from "./retry.js";
+import { cancelledError, duplex, onAbort, readAll } from "./streams.js";
 
 export const DEFAULT_TIMEOUT_MS = 30_000;
 export const DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
-export const DEFAULT_RETRIES = 3;
 /** The four acg2vec.v1 services; each is also a health-check name ("" is the whole server). */
 export const SERVICE_NAMES = [
   "acg2vec.v1.TaggingService",
@@ -53,35 +73,48 @@ export const SERVICE_NAMES = [
   "acg2vec.v1.SearchService",
 ] as const;
 
-export interface Acg2vecClientOptions {
-  /** Channel credentials; default plaintext (or TLS when `tls` is true or any PEM option below is given). */
-  credentials?: ChannelCredentials;
-  tls?: boolean;
-  /** PEM CA certificates that sign the server's certificate (default: the system roots); implies TLS. */
-  rootCerts?: Uint8Array;
-  /** PEM private key and certificate chain of this client, for servers that require mutual TLS; implies TLS. */
-  privateKey?: Uint8Array;
-  certChain?: Uint8Array;
-  /** Sent as `authorization: Bearer <token>` on every call. */
-  token?: string;
-  /** Default deadline of unary calls in ms; `null` means none. Default 30 s. */
+/** [service, method] of every streaming RPC, read from the generated service definitions. */
+export const STREAMING_METHODS: ReadonlyArray<readonly [string, string]> = [
+  TaggingServiceService,
+  ImageFeatureServiceService,
+  TextFeatureServiceService,
+  SearchServiceService,
+  HealthService,
+].flatMap((service) =>
+  Object.values(service)
+    .filter((method) => method.requestStream || method.responseStream)
+    .map((method) => {
+      const [, name, rpc] = method.path.split("/");
+      return [name, rpc] as const;
+    }),
+);
+
+export interface Acg2vecClientOptions extends CredentialOptions {
+  /** Default deadline of unary calls in ms, all retry attempts together; `null` means none. Default 30 s. */
   timeoutMs?: number | null;
   /** Default deadline of streaming calls in ms (bulk work): none unless given. */
   streamTimeoutMs?: number | null;
   /** Send and receive limit; gRPC's default receive limit of 4 MiB is too small for image batches. */
   maxMessageBytes?: number;
-  /** Retries on UNAVAILABLE (every acg2vec RPC is idempotent); 0 turns them off; gRPC allows at most 4. */
+  /** Retries on UNAVAILABLE (every acg2vec RPC is idempotent); 0 turns retrying off; at most 4. */
   retries?: number;
+  /** Tunes the retries (backoff, the longest RetryInfo delay waited for, ...); see RetryPolicy. */
+  retryPolicy?: Partial<RetryPolicy>;
   /** Extra metadata sent with every call. */
   metadata?: Record<string, string>;
   /** Extra channel options; they win over the derived ones. */
   channelOptions?: ChannelOptions;
+  /** grpc-js client interceptors, run for every call (each retry attempt of a unary call included). */
+  interceptors?: Interceptor[];
 }
 
-/** Per-call overrides. */
+/** Per-call settings. */
 export interface CallSettings {
+  /** Deadline of this call in ms (all attempts together); `null`: none. */
   timeoutMs?: number | null;
   metadata?: Record<string, string>;
+  /** Cancels the call (it ends with CANCELLED), also while it waits to retry. */
+  signal?: AbortSignal;
 }
 
 export interface TagOptionsInit {
@@ -107,6 +140,29 @@ export interface SearchOptions {
   exactRerank?: boolean;
 }
 
+/** Stream items: `requestId` comes back in the answer; `options` default to the call's. */
+export interface TagStreamItem {
+  requestId: string;
+  image: Uint8Array;
+  options?: TagOptions;
+}
+export interface ImageStreamItem {
+  requestId: string;
+  image: Uint8Array;
+}
+export interface TextStreamItem {
+  requestId: string;
+  text: string;
+}
+export interface IndexStreamItem {
+  id: string;
+  image: Uint8Array;
+  metadata?: Partial<IllustrationMetadata>;
+}
+
+/** Requests as a sync or async iterable (an array, a generator, a Node stream in object mode...). */
+export type Items<T> = Iterable<T> | AsyncIterable<T>;
+
 type Callback<Res> = (error: ServiceError | null, response: Res) => void;
 type UnaryMethod<Req, Res> = (
   request: Req,
@@ -115,27 +171,6 @@ type UnaryMethod<Req, Res> = (
   callback: Callback<Res>,
 ) => ClientUnaryCall;
 
-/** gRPC's own retries (service config), the same policy as the Python client's. */
-export function retryServiceConfig(retries: number): string {
-  const names = [...SERVICE_NAMES, "grpc.health.v1.Health"].map((service) => ({ service }));
-  if (retries <= 0) return JSON.stringify({ methodConfig: [] });
-  if (retries > 4) throw new RangeError("retries: gRPC allows at most 4 (5 attempts)");
-  return JSON.stringify({
-    methodConfig: [
-      {
-        name: names,
-        retryPolicy: {
-          maxAttempts: retries + 1,
-          initialBackoff: "0.1s",
-          maxBackoff: "5s",
-          backoffMultiplier: 2,
-          retryableStatusCodes: ["UNAVAILABLE"],
-        },
-      },
-    ],
-  });
-}
-
 export class Acg2vecClient {
   readonly channel: Channel;
   readonly tagging: TaggingServiceClient;
@@ -143,22 +178,26 @@ export class Acg2vecClient {
   readonly textFeatures: TextFeatureServiceClient;
   readonly searchService: SearchServiceClient;
   readonly health: HealthClient;
+  readonly retryPolicy: RetryPolicy | undefined;
   private readonly options: Acg2vecClientOptions;
+  private readonly callCredentials: CallCredentials | undefined;
 
-  /** target: `host:port`, e.g. `127.0.0.1:50051`. */
+  /** target: `host:port`, e.g. `127.0.0.1:50051` (any gRPC target: `dns:///acg2vec:50051`, `unix:/path`). */
   constructor(target: string, options: Acg2vecClientOptions = {}) {
     this.options = options;
-    const creds = options.credentials ?? channelCredentials(options);
+    const creds = channelCredentials(options);
+    this.callCredentials = tokenCredentials(target, creds, options);
+    this.retryPolicy = resolveRetryPolicy(options.retries, options.retryPolicy);
     const maxBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
     const channelOptions: ChannelOptions = {
       "grpc.max_send_message_length": maxBytes,
       "grpc.max_receive_message_length": maxBytes,
       "grpc.per_rpc_retry_buffer_size": maxBytes,
-      "grpc.service_config": retryServiceConfig(options.retries ?? DEFAULT_RETRIES),
+      "grpc.service_config": streamRetryServiceConfig(this.retryPolicy, STREAMING_METHODS),
       ...options.channelOptions,
     };
     this.channel = new Channel(target, creds, channelOptions);
-    const shared = { channelOverride: this.channel };
+    const shared = { channelOverride: this.channel, interceptors: options.interceptors ?? [] };
     this.tagging = new TaggingServiceClient(target, creds, shared);
     this.imageFeatures = new ImageFeatureServiceClient(target, creds, shared);
     this.textFeatures = new TextFeatureServiceClient(target, creds, shared);
@@ -166,52 +205,118 @@ export class Acg2vecClient {
     this.health = new HealthClient(target, creds, shared);
   }
 
-  /** Metadata for a call: the client's token and metadata plus `extra`. Use it with the raw stubs. */
+  /** Metadata for a call: the client's metadata plus `extra`. Use it with the raw stubs. */
   callMetadata(extra: Record<string, string> = {}): Metadata {
     const metadata = new Metadata();
-    if (this.options.token) metadata.set("authorization", `Bearer ${this.options.token}`);
     for (const [key, value] of Object.entries({ ...this.options.metadata, ...extra })) metadata.set(key, value);
     return metadata;
   }
 
-  /** Call options with a deadline `timeoutMs` from now (`null`: none); default the client's unary deadline. */
+  /** Call options: the token's call credentials and a deadline `timeoutMs` from now (`null`: none; default: the
+   * client's unary deadline). Use it with the raw stubs. */
   callOptions(timeoutMs?: number | null): Partial<CallOptions> {
     const ms = timeoutMs === undefined ? (this.options.timeoutMs ?? DEFAULT_TIMEOUT_MS) : timeoutMs;
-    return ms === null ? {} : { deadline: new Date(Date.now() + ms) };
+    const options: Partial<CallOptions> = this.callCredentials ? { credentials: this.callCredentials } : {};
+    if (ms !== null) options.deadline = new Date(Date.now() + ms);
+    return options;
   }
 
-  /** Call options for the bidirectional streams (no deadline unless `streamTimeoutMs` was given). */
+  /** Call options for the streams (no deadline unless `streamTimeoutMs` was given). */
   streamCallOptions(timeoutMs?: number | null): Partial<CallOptions> {
     return this.callOptions(timeoutMs === undefined ? (this.options.streamTimeoutMs ?? null) : timeoutMs);
   }
 
-  private unary<Req, Res>(
+  /** One unary call, retried per the RetryPolicy (honouring RetryInfo) within one deadline for all attempts. */
+  private async unary<Req, Res>(
     stub: object,
     method: UnaryMethod<Req, Res>,
     request: Req,
     settings: CallSettings = {},
   ): Promise<Res> {
-    const metadata = this.callMetadata(settings.metadata);
+    const { signal } = settings;
     const options = this.callOptions(settings.timeoutMs);
-    return new Promise((resolve, reject) => {
-      method.call(stub, request, metadata, options, (error, response) => (error ? reject(error) : resolve(response)));
-    });
+    const deadline = options.deadline === undefined ? Infinity : (options.deadline as Date).getTime();
+    const metadata = this.callMetadata(settings.metadata);
+    for (let attempt = 1; ; attempt++) {
+      if (signal?.aborted) throw cancelledError(signal);
+      try {
+        return await new Promise<Res>((resolve, reject) => {
+          let stop = () => {};
+          const call = method.call(stub, request, metadata.clone(), options, (error, response) => {
+            stop();
+            if (error) reject(signal?.aborted ? cancelledError(signal) : error);
+            else resolve(response);
+          });
+          stop = onAbort(signal, () => call.cancel());
+        });
+      } catch (error) {
+        const wait = signal?.aborted ? undefined : waitBeforeRetry(this.retryPolicy, error as ServiceError, attempt, deadline);
+        if (wait === undefined) throw error;
+        await sleep(wait, signal);
+      }
+    }
   }
 
+  // TaggingService ----------------------------------------------------------------------------------------------
+
   tagImage(image: Uint8Array, options: TagOptionsInit = {}, settings?: CallSettings): Promise<TagImageResponse> {
-    const request = { image: Buffer.from(image), options: tagOptions(options) };
+    const request = { image: buffer(image), options: tagOptions(options) };
     return this.unary(this.tagging, this.tagging.tagImage, request, settings);
   }
 
   /** Up to the server's max_batch_size images; fails as a whole on a bad one (see fieldViolations). */
   tagImages(images: Uint8Array[], options: TagOptionsInit = {}, settings?: CallSettings): Promise<BatchTagImagesResponse> {
-    const request = { images: images.map((i) => Buffer.from(i)), options: tagOptions(options) };
+    const request = { images: images.map(buffer), options: tagOptions(options) };
     return this.unary(this.tagging, this.tagging.batchTagImages, request, settings);
   }
 
-  extractImageFeature(image: Uint8Array, settings?: CallSettings): Promise<ExtractImageFeatureResponse> {
-    return this.unary(this.imageFeatures, this.imageFeatures.extractImageFeature, { image: Buffer.from(image) }, settings);
+  /** Bulk tagging over one stream: answers carry the requestId; a bad item gets its own `error`, the rest go on. */
+  streamTagImages(
+    items: Items<TagStreamItem>,
+    options: TagOptionsInit = {},
+    settings: CallSettings = {},
+  ): AsyncGenerator<StreamTagImagesResponse, void, undefined> {
+    const shared = tagOptions(options);
+    const requests = mapItems(items, (item): StreamTagImagesRequest => ({
+      requestId: item.requestId,
+      image: buffer(item.image),
+      options: item.options ?? shared,
+    }));
+    const call = () => this.tagging.streamTagImages(this.callMetadata(settings.metadata), this.streamCallOptions(settings.timeoutMs));
+    return lazily(() => duplex(call(), requests, settings.signal));
   }
+
+  /** deepix popularity predictions; FAILED_PRECONDITION when the server has no deepix model. */
+  predictPopularity(image: Uint8Array, settings?: CallSettings): Promise<PredictPopularityResponse> {
+    return this.unary(this.tagging, this.tagging.predictPopularity, { image: buffer(image) }, settings);
+  }
+
+  // ImageFeatureService -----------------------------------------------------------------------------------------
+
+  extractImageFeature(image: Uint8Array, settings?: CallSettings): Promise<ExtractImageFeatureResponse> {
+    return this.unary(this.imageFeatures, this.imageFeatures.extractImageFeature, { image: buffer(image) }, settings);
+  }
+
+  /** Up to the server's max_batch_size images, vectors in input order. */
+  extractImageFeatures(images: Uint8Array[], settings?: CallSettings): Promise<BatchExtractImageFeaturesResponse> {
+    const request = { images: images.map(buffer) };
+    return this.unary(this.imageFeatures, this.imageFeatures.batchExtractImageFeatures, request, settings);
+  }
+
+  streamExtractImageFeatures(
+    items: Items<ImageStreamItem>,
+    settings: CallSettings = {},
+  ): AsyncGenerator<StreamExtractImageFeaturesResponse, void, undefined> {
+    const requests = mapItems(items, (item): StreamExtractImageFeaturesRequest => ({
+      requestId: item.requestId,
+      image: buffer(item.image),
+    }));
+    const call = () =>
+      this.imageFeatures.streamExtractImageFeatures(this.callMetadata(settings.metadata), this.streamCallOptions(settings.timeoutMs));
+    return lazily(() => duplex(call(), requests, settings.signal));
+  }
+
+  // TextFeatureService ------------------------------------------------------------------------------------------
 
   extractTextFeature(text: string, settings?: CallSettings): Promise<ExtractTextFeatureResponse> {
     return this.unary(this.textFeatures, this.textFeatures.extractTextFeature, { text }, settings);
@@ -220,6 +325,18 @@ export class Acg2vecClient {
   extractTextFeatures(texts: string[], settings?: CallSettings): Promise<BatchExtractTextFeaturesResponse> {
     return this.unary(this.textFeatures, this.textFeatures.batchExtractTextFeatures, { texts }, settings);
   }
+
+  streamExtractTextFeatures(
+    items: Items<TextStreamItem>,
+    settings: CallSettings = {},
+  ): AsyncGenerator<StreamExtractTextFeaturesResponse, void, undefined> {
+    const requests = mapItems(items, (item): StreamExtractTextFeaturesRequest => ({ requestId: item.requestId, text: item.text }));
+    const call = () =>
+      this.textFeatures.streamExtractTextFeatures(this.callMetadata(settings.metadata), this.streamCallOptions(settings.timeoutMs));
+    return lazily(() => duplex(call(), requests, settings.signal));
+  }
+
+  // SearchService -----------------------------------------------------------------------------------------------
 
   search(query: SearchQuery, options: SearchOptions = {}, settings?: CallSettings): Promise<SearchResponse> {
     return this.unary(this.searchService, this.searchService.search, searchRequest(query, options), settings);
@@ -232,8 +349,23 @@ export class Acg2vecClient {
     metadata: Partial<IllustrationMetadata> = {},
     settings?: CallSettings,
   ): Promise<IndexIllustrationResponse> {
-    const request = { id, image: Buffer.from(image), metadata: illustrationMetadata(metadata) };
+    const request = { id, image: buffer(image), metadata: illustrationMetadata(metadata) };
     return this.unary(this.searchService, this.searchService.indexIllustration, request, settings);
+  }
+
+  /** Bulk indexing over one stream; answers carry the id and may come in any order. */
+  streamIndexIllustrations(
+    items: Items<IndexStreamItem>,
+    settings: CallSettings = {},
+  ): AsyncGenerator<StreamIndexIllustrationsResponse, void, undefined> {
+    const requests = mapItems(items, (item): StreamIndexIllustrationsRequest => ({
+      id: item.id,
+      image: buffer(item.image),
+      metadata: illustrationMetadata(item.metadata ?? {}),
+    }));
+    const call = () =>
+      this.searchService.streamIndexIllustrations(this.callMetadata(settings.metadata), this.streamCallOptions(settings.timeoutMs));
+    return lazily(() => duplex(call(), requests, settings.signal));
   }
 
   getIllustration(id: string, includeVectors = false, settings?: CallSettings): Promise<GetIllustrationResponse> {
@@ -255,10 +387,20 @@ export class Acg2vecClient {
     return this.unary(this.searchService, this.searchService.deleteIllustration, { id }, settings);
   }
 
-  /** grpc.health.v1 status of `service` ("" = the whole server, or one of SERVICE_NAMES, or "liveness"). */
+  // grpc.health.v1 ----------------------------------------------------------------------------------------------
+
+  /** Status of `service` ("" = the whole server, or one of SERVICE_NAMES, or "liveness"). */
   async healthCheck(service = "", settings?: CallSettings): Promise<HealthCheckResponse_ServingStatus> {
     const response = await this.unary(this.health, this.health.check, { service }, settings);
     return response.status;
+  }
+
+  /** Every change of `service`'s status, the current one first, until the signal fires or the server stops. */
+  watchHealth(service = "", settings: CallSettings = {}): AsyncGenerator<HealthCheckResponse_ServingStatus, void, undefined> {
+    const call = () => this.health.watch({ service }, this.callMetadata(settings.metadata), this.streamCallOptions(settings.timeoutMs));
+    return lazily(async function* () {
+      for await (const response of readAll(call(), settings.signal)) yield response.status;
+    });
   }
 
   close(): void {
@@ -269,15 +411,34 @@ export class Acg2vecClient {
   }
 }
 
-/** TLS credentials from the PEM options (mutual TLS with privateKey + certChain), or plaintext. */
-export function channelCredentials(options: Acg2vecClientOptions): ChannelCredentials {
-  const { rootCerts, privateKey, certChain } = options;
-  if ((privateKey === undefined) !== (certChain === undefined)) {
-    throw new TypeError("mutual TLS needs both privateKey and certChain");
-  }
-  if (!options.tls && !rootCerts && !privateKey) return credentials.createInsecure();
-  const pem = (value?: Uint8Array) => (value === undefined ? null : Buffer.from(value));
-  return credentials.createSsl(pem(rootCerts), pem(privateKey), pem(certChain));
+/** The call starts on the first `next()`, so a stream that is never iterated never opens. */
+function lazily<T>(start: () => AsyncGenerator<T, void, undefined>): AsyncGenerator<T, void, undefined> {
+  return (async function* () {
+    yield* start();
+  })();
+}
+
+async function* mapItems<T, R>(items: Items<T>, convert: (item: T) => R): AsyncGenerator<R, void, undefined> {
+  for await (const item of items) yield convert(item);
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let stop = () => {};
+    const timer = setTimeout(() => {
+      stop();
+      resolve();
+    }, ms);
+    stop = onAbort(signal, () => {
+      clearTimeout(timer);
+      reject(cancelledError(signal));
+    });
+  });
+}
+
+/** A Buffer view of the bytes (no copy): the generated messages declare `bytes` fields as Buffer. */
+function buffer(bytes: Uint8Array): Buffer {
+  return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
 export function tagOptions(init: TagOptionsInit): TagOptions {
@@ -306,7 +467,7 @@ export function searchRequest(query: SearchQuery, options: SearchOptions = {}): 
     pageToken: options.pageToken ?? "",
     exactRerank: options.exactRerank ?? false,
   });
-  if ("image" in query) request.image = Buffer.from(query.image);
+  if ("image" in query) request.image = buffer(query.image);
   else if ("illustrationId" in query) request.illustrationId = query.illustrationId;
   else if ("vector" in query) {
     if (query.space === undefined || query.space === VectorSpace.VECTOR_SPACE_UNSPECIFIED) {

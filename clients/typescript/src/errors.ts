@@ -1,12 +1,12 @@
 /**
  * Reads the rich error details (google.rpc.Status in the `grpc-status-details-bin` trailer) that the server
  * attaches to failed calls: BadRequest field violations name the bad field (e.g. `images[3]`), RetryInfo says
- * how long to wait after UNAVAILABLE.
+ * how long to wait after RESOURCE_EXHAUSTED or UNAVAILABLE.
  */
 import { type ServiceError } from "@grpc/grpc-js";
 
-import { BadRequest, type BadRequest_FieldViolation, RetryInfo } from "./gen/google/rpc/error_details";
-import { Status } from "./gen/google/rpc/status";
+import { BadRequest, type BadRequest_FieldViolation, RetryInfo } from "./gen/google/rpc/error_details.js";
+import { Status } from "./gen/google/rpc/status.js";
 
 const DETAILS_KEY = "grpc-status-details-bin";
 const TYPE_PREFIX = "type.googleapis.com/";
@@ -26,7 +26,7 @@ export function fieldViolations(error: ServiceError): BadRequest_FieldViolation[
     .flatMap((any) => BadRequest.decode(any.value).fieldViolations);
 }
 
-/** The server's suggested retry delay in ms (UNAVAILABLE answers carry one), or undefined. */
+/** The server's suggested retry delay in ms (RESOURCE_EXHAUSTED and UNAVAILABLE answers carry one), or undefined. */
 export function retryDelayMs(error: ServiceError): number | undefined {
   const any = richStatus(error)?.details.find((d) => d.typeUrl === `${TYPE_PREFIX}google.rpc.RetryInfo`);
   const delay = any ? RetryInfo.decode(any.value).retryDelay : undefined;

@@ -117,13 +117,42 @@ test("bad input: INVALID_ARGUMENT with a message and BadRequest field violations
   assert.throws(() => acg2vec.searchRequest({ text: "a", illustrationId: "b" }), TypeError);
 });
 
-test("StreamTagImages through the raw stub: a bad item gets its own error, the good one its tags", async () => {
-  const call = client.tagging.streamTagImages(client.callMetadata(), client.streamCallOptions(30_000));
-  call.write({ requestId: "good", image: sample, options: acg2vec.tagOptions({ topK: 3 }) });
-  call.write({ requestId: "bad", image: Buffer.from("nope"), options: undefined });
-  call.end();
+test("predictPopularity: deepix distributions that sum to 1", async () => {
+  const { popularity } = await client.predictPopularity(sample);
+  assert.equal(popularity.bookmarks.bins.length, 15);
+  const total = popularity.bookmarks.bins.reduce((sum, bin) => sum + bin.probability, 0);
+  assert.ok(Math.abs(total - 1) < 1e-3, `${total}`);
+});
+
+test("streams as async iterables: a bad item gets its own error, the good ones their answers", async () => {
+  async function* items() {
+    yield { requestId: "good", image: sample };
+    yield { requestId: "bad", image: Buffer.from("nope") };
+  }
   const answers = {};
-  for await (const answer of call) answers[answer.requestId] = answer;
-  assert.equal(answers.good.result.tags.length <= 3, true);
+  for await (const answer of client.streamTagImages(items(), { topK: 3 })) answers[answer.requestId] = answer;
+  assert.ok(answers.good.result.tags.length <= 3 && answers.good.result.tags.length > 0);
   assert.equal(answers.bad.error.code, status.INVALID_ARGUMENT);
+
+  const features = [];
+  for await (const a of client.streamExtractImageFeatures([{ requestId: "img", image: sample }])) features.push(a);
+  isUnitVector(features[0].feature);
+  const texts = [];
+  for await (const a of client.streamExtractTextFeatures([{ requestId: "t", text: "初音ミク" }])) texts.push(a);
+  isUnitVector(texts[0].feature);
+
+  const id = `ts-stream:${process.pid}`;
+  const indexed = [];
+  for await (const a of client.streamIndexIllustrations([{ id, image: sample, metadata: { title: "s" } }])) indexed.push(a);
+  assert.deepEqual(indexed.map((a) => [a.id, a.error]), [[id, undefined]]);
+  assert.equal((await client.deleteIllustration(id)).existed, true);
+});
+
+test("the raw stubs share the channel: with callMetadata() and streamCallOptions()", async () => {
+  const call = client.tagging.streamTagImages(client.callMetadata(), client.streamCallOptions(30_000));
+  call.write({ requestId: "raw", image: sample, options: acg2vec.tagOptions({ topK: 1 }) });
+  call.end();
+  const answers = [];
+  for await (const answer of call) answers.push(answer.requestId);
+  assert.deepEqual(answers, ["raw"]);
 });

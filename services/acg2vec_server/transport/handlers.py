@@ -4,11 +4,13 @@ The interceptors (auth, admission, observability) are `HandlerInterceptor`s: eac
 gRPC has four call types, each with its own handler factory; `rebuild` makes that switch once, so an interceptor
 only says how to wrap a behaviour that answers once (`unary`: unary-unary, stream-unary) and one that yields
 answers (`stream`: unary-stream, stream-stream). The wrapped function is called as gRPC calls the original:
-(request or request iterator, context).
+(request or request iterator, context). A streaming handler written as a coroutine (it sends its answers with
+`context.write`, as grpc_health's `Watch` does) answers once from a wrapper's point of view: it gets `unary`.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -32,8 +34,13 @@ def rebuild(
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **kwargs)
     if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(stream(handler.unary_stream), **kwargs)
-    return grpc.stream_stream_rpc_method_handler(stream(handler.stream_stream), **kwargs)
+        return grpc.unary_stream_rpc_method_handler(_streaming(handler.unary_stream, unary, stream), **kwargs)
+    return grpc.stream_stream_rpc_method_handler(_streaming(handler.stream_stream, unary, stream), **kwargs)
+
+
+def _streaming(fn: Behaviour, unary: Wrap, stream: Wrap) -> Behaviour:
+    """A generator handler yields its answers (`stream`); a coroutine one writes them and returns (`unary`)."""
+    return unary(fn) if inspect.iscoroutinefunction(fn) else stream(fn)
 
 
 class HandlerInterceptor(grpc.aio.ServerInterceptor):

@@ -1,7 +1,8 @@
 """Typed sync and asyncio clients for the acg2vec.v1 gRPC services.
 
 The clients only build request messages and return the generated response messages, so everything in
-acg2vec.v1 stays the single source of truth; errors are plain grpc.RpcError with canonical status codes.
+acg2vec.v1 stays the single source of truth; errors are plain grpc.RpcError with canonical status codes
+(`retry_delay(error)` reads the server's google.rpc.RetryInfo).
 
     from acg2vec.client import Acg2vecClient
 
@@ -27,6 +28,7 @@ from acg2vec.client._requests import (
     search_request,
     tag_options,
 )
+from acg2vec.client._retry import retry_delay
 from acg2vec.client._sync import Acg2vecClient
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "RetryPolicy",
     "SpaceLike",
     "TagStreamItem",
+    "retry_delay",
     "search_request",
     "tag_options",
 ]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -11,6 +12,7 @@ import grpc.aio
 
 from acg2vec.client import _requests as rq
 from acg2vec.client._base import BaseClient, health_modules
+from acg2vec.client._retry import Deadline, wait_before_retry
 from acg2vec.v1 import (
     image_feature_pb2,
     image_feature_pb2_grpc,
@@ -56,6 +58,33 @@ async def _responses(start: Callable[[], _StreamCall[R]]) -> AsyncIterator[R]:
         call.cancel()
 
 
+_AIO_INTERCEPTOR_KINDS: tuple[tuple[type, str], ...] = (
+    (grpc.aio.UnaryUnaryClientInterceptor, "intercept_unary_unary"),
+    (grpc.aio.UnaryStreamClientInterceptor, "intercept_unary_stream"),
+    (grpc.aio.StreamUnaryClientInterceptor, "intercept_stream_unary"),
+    (grpc.aio.StreamStreamClientInterceptor, "intercept_stream_stream"),
+)
+
+
+def _one_per_kind(interceptors: Sequence[grpc.aio.ClientInterceptor]) -> list[grpc.aio.ClientInterceptor]:
+    """grpc.aio registers an interceptor for the first RPC kind it implements only (grpc/grpc#31442), so one
+    that implements several is passed as one forwarding interceptor per kind."""
+    split: list[grpc.aio.ClientInterceptor] = []
+    for interceptor in interceptors:
+        kinds = [(kind, name) for kind, name in _AIO_INTERCEPTOR_KINDS if isinstance(interceptor, kind)]
+        if len(kinds) <= 1:
+            split.append(interceptor)
+            continue
+        for kind, name in kinds:
+            forward = getattr(interceptor, name)
+            split.append(
+                type(
+                    f"{kind.__name__}For{type(interceptor).__name__}", (kind,), {name: lambda _, *a, f=forward: f(*a)}
+                )()
+            )
+    return split
+
+
 class AsyncAcg2vecClient(BaseClient):
     """asyncio twin of Acg2vecClient: same constructor and methods, awaitable.
 
@@ -68,12 +97,18 @@ class AsyncAcg2vecClient(BaseClient):
     image_features: image_feature_pb2_grpc.ImageFeatureServiceAsyncStub
     text_features: text_feature_pb2_grpc.TextFeatureServiceAsyncStub
     search_service: search_pb2_grpc.SearchServiceAsyncStub
+    interceptor_types = (grpc.aio.ClientInterceptor,)
 
     def _connect(self) -> None:
+        interceptors = _one_per_kind(self._interceptors) or None
         if self._credentials is None:
-            self.channel = grpc.aio.insecure_channel(self.target, options=self._channel_options)
+            self.channel = grpc.aio.insecure_channel(
+                self.target, options=self._channel_options, interceptors=interceptors
+            )
         else:
-            self.channel = grpc.aio.secure_channel(self.target, self._credentials, options=self._channel_options)
+            self.channel = grpc.aio.secure_channel(
+                self.target, self._credentials, options=self._channel_options, interceptors=interceptors
+            )
         self.tagging = tagging_pb2_grpc.TaggingServiceStub(self.channel)
         self.image_features = image_feature_pb2_grpc.ImageFeatureServiceStub(self.channel)
         self.text_features = text_feature_pb2_grpc.TextFeatureServiceStub(self.channel)
@@ -94,6 +129,20 @@ class AsyncAcg2vecClient(BaseClient):
     ) -> None:
         await self.close()
 
+    async def _unary(self, method: Callable[..., Awaitable[R]], request: object, timeout: float | None) -> R:
+        """One unary call, retried per the RetryPolicy (honouring RetryInfo) within one deadline for all attempts."""
+        deadline = Deadline(self._timeout(timeout))
+        attempt = 1
+        while True:
+            try:
+                return await method(request, timeout=deadline.remaining(), metadata=self._metadata)
+            except grpc.aio.AioRpcError as error:
+                wait = wait_before_retry(self.retry_policy, error, attempt, deadline)
+                if wait is None:
+                    raise
+            await asyncio.sleep(wait)
+            attempt += 1
+
     # TaggingService ------------------------------------------------------------------------------
 
     async def tag_image(
@@ -108,7 +157,7 @@ class AsyncAcg2vecClient(BaseClient):
         """Tags one encoded image; thresholds map category names ("general", ...) to minimum scores."""
         options = rq.tag_options(top_k=top_k, thresholds=thresholds, include_popularity=include_popularity)
         request = tagging_pb2.TagImageRequest(image=image, options=options)
-        return await self.tagging.TagImage(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        return await self._unary(self.tagging.TagImage, request, timeout)
 
     async def tag_images(
         self,
@@ -125,9 +174,7 @@ class AsyncAcg2vecClient(BaseClient):
         merged = tagging_pb2.BatchTagImagesResponse()
         for chunk in rq.chunked(images, self._batch_size(batch_size)):
             request = tagging_pb2.BatchTagImagesRequest(images=chunk, options=options)
-            response = await self.tagging.BatchTagImages(
-                request, timeout=self._timeout(timeout), metadata=self._metadata
-            )
+            response = await self._unary(self.tagging.BatchTagImages, request, timeout)
             merged.results.extend(response.results)
         return merged
 
@@ -154,7 +201,7 @@ class AsyncAcg2vecClient(BaseClient):
     ) -> tagging_pb2.PredictPopularityResponse:
         """deepix predictions; FAILED_PRECONDITION when the server has no deepix model."""
         request = tagging_pb2.PredictPopularityRequest(image=image)
-        return await self.tagging.PredictPopularity(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        return await self._unary(self.tagging.PredictPopularity, request, timeout)
 
     # ImageFeatureService -------------------------------------------------------------------------
 
@@ -163,9 +210,7 @@ class AsyncAcg2vecClient(BaseClient):
     ) -> image_feature_pb2.ExtractImageFeatureResponse:
         """illust2vec vector of one image."""
         request = image_feature_pb2.ExtractImageFeatureRequest(image=image)
-        return await self.image_features.ExtractImageFeature(
-            request, timeout=self._timeout(timeout), metadata=self._metadata
-        )
+        return await self._unary(self.image_features.ExtractImageFeature, request, timeout)
 
     async def extract_image_features(
         self, images: Sequence[bytes], *, batch_size: int | None = None, timeout: float | None = None
@@ -174,9 +219,7 @@ class AsyncAcg2vecClient(BaseClient):
         merged = image_feature_pb2.BatchExtractImageFeaturesResponse()
         for chunk in rq.chunked(images, self._batch_size(batch_size)):
             request = image_feature_pb2.BatchExtractImageFeaturesRequest(images=chunk)
-            response = await self.image_features.BatchExtractImageFeatures(
-                request, timeout=self._timeout(timeout), metadata=self._metadata
-            )
+            response = await self._unary(self.image_features.BatchExtractImageFeatures, request, timeout)
             merged.features.extend(response.features)
         return merged
 
@@ -201,9 +244,7 @@ class AsyncAcg2vecClient(BaseClient):
     ) -> text_feature_pb2.ExtractTextFeatureResponse:
         """acgvoc2vec vector of one text."""
         request = text_feature_pb2.ExtractTextFeatureRequest(text=text)
-        return await self.text_features.ExtractTextFeature(
-            request, timeout=self._timeout(timeout), metadata=self._metadata
-        )
+        return await self._unary(self.text_features.ExtractTextFeature, request, timeout)
 
     async def extract_text_features(
         self, texts: Sequence[str], *, batch_size: int | None = None, timeout: float | None = None
@@ -214,9 +255,7 @@ class AsyncAcg2vecClient(BaseClient):
         merged = text_feature_pb2.BatchExtractTextFeaturesResponse()
         for chunk in rq.chunked(texts, self._batch_size(batch_size)):
             request = text_feature_pb2.BatchExtractTextFeaturesRequest(texts=chunk)
-            response = await self.text_features.BatchExtractTextFeatures(
-                request, timeout=self._timeout(timeout), metadata=self._metadata
-            )
+            response = await self._unary(self.text_features.BatchExtractTextFeatures, request, timeout)
             merged.features.extend(response.features)
         return merged
 
@@ -268,7 +307,7 @@ class AsyncAcg2vecClient(BaseClient):
             page_token=page_token,
             exact_rerank=exact_rerank,
         )
-        return await self.search_service.Search(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        return await self._unary(self.search_service.Search, request, timeout)
 
     async def index_illustration(
         self,
@@ -284,9 +323,7 @@ class AsyncAcg2vecClient(BaseClient):
         """Tags, embeds and stores an image under id; re-sending the same data is a no-op (UNCHANGED)."""
         metadata = rq.illustration_metadata(title=title, artist=artist, source_url=source_url, fields=fields)
         request = search_pb2.IndexIllustrationRequest(id=id, image=image, metadata=metadata)
-        return await self.search_service.IndexIllustration(
-            request, timeout=self._timeout(timeout), metadata=self._metadata
-        )
+        return await self._unary(self.search_service.IndexIllustration, request, timeout)
 
     def stream_index_illustrations(
         self,
@@ -307,9 +344,7 @@ class AsyncAcg2vecClient(BaseClient):
     ) -> search_pb2.GetIllustrationResponse:
         """One stored illustration; NOT_FOUND for an unknown id."""
         request = search_pb2.GetIllustrationRequest(id=id, include_vectors=include_vectors)
-        return await self.search_service.GetIllustration(
-            request, timeout=self._timeout(timeout), metadata=self._metadata
-        )
+        return await self._unary(self.search_service.GetIllustration, request, timeout)
 
     async def update_illustration_metadata(
         self,
@@ -324,18 +359,14 @@ class AsyncAcg2vecClient(BaseClient):
         """Replaces (not merges) the user metadata without recomputing tags or vectors."""
         metadata = rq.illustration_metadata(title=title, artist=artist, source_url=source_url, fields=fields)
         request = search_pb2.UpdateIllustrationMetadataRequest(id=id, metadata=metadata)
-        return await self.search_service.UpdateIllustrationMetadata(
-            request, timeout=self._timeout(timeout), metadata=self._metadata
-        )
+        return await self._unary(self.search_service.UpdateIllustrationMetadata, request, timeout)
 
     async def delete_illustration(
         self, id: str, *, timeout: float | None = None
     ) -> search_pb2.DeleteIllustrationResponse:
         """Removes metadata and vectors; `existed` is False when there was nothing to delete."""
         request = search_pb2.DeleteIllustrationRequest(id=id)
-        return await self.search_service.DeleteIllustration(
-            request, timeout=self._timeout(timeout), metadata=self._metadata
-        )
+        return await self._unary(self.search_service.DeleteIllustration, request, timeout)
 
     # Health --------------------------------------------------------------------------------------
 
@@ -345,4 +376,4 @@ class AsyncAcg2vecClient(BaseClient):
         if self._health is None:
             self._health = services.HealthStub(self.channel)
         request = messages.HealthCheckRequest(service=service)
-        return await self._health.Check(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        return await self._unary(self._health.Check, request, timeout)

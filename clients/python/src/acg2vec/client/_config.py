@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+
+from acg2vec.v1 import image_feature_pb2, search_pb2, tagging_pb2, text_feature_pb2
 
 #: Every service the client talks to; the retry policy applies to all of them (all RPCs are idempotent).
 SERVICE_NAMES: tuple[str, ...] = (
@@ -17,6 +20,25 @@ SERVICE_NAMES: tuple[str, ...] = (
     "acg2vec.v1.SearchService",
     "grpc.health.v1.Health",
 )
+
+
+def _streaming_methods() -> tuple[tuple[str, str], ...]:
+    """(service, method) of every streaming RPC, read from the generated descriptors so none can be missed."""
+    found = [
+        (service.full_name, method.name)
+        for module in (tagging_pb2, image_feature_pb2, text_feature_pb2, search_pb2)
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+        if method.client_streaming or method.server_streaming
+    ]
+    return (*found, ("grpc.health.v1.Health", "Watch"))
+
+
+#: The streaming RPCs: gRPC's own (service-config) retries cover them, because a stream of requests cannot be
+#: replayed by the client; unary calls are retried by the client, which can honour the server's RetryInfo.
+STREAMING_METHODS: tuple[tuple[str, str], ...] = _streaming_methods()
+#: Status codes retried when the server attaches a google.rpc.RetryInfo (then after its retry_delay).
+RETRY_INFO_CODES: tuple[grpc.StatusCode, ...] = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
 
 #: Images are large; gRPC's 4 MiB default receive limit is too small for a batch of 32 illustrations.
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -39,10 +61,12 @@ def _duration(seconds: float) -> str:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """gRPC's built-in (service-config) retry, so backoff and attempt accounting happen inside the channel.
+    """When and how often a failed call is tried again; the call's deadline bounds all attempts together.
 
-    Retries only happen before the server has sent a response message, and the call's deadline bounds all
-    attempts together.
+    Unary calls are retried by the client: on `retryable_status_codes` after a jittered exponential backoff,
+    and on RESOURCE_EXHAUSTED or UNAVAILABLE that carry a google.rpc.RetryInfo after the server's retry_delay
+    (never sooner; not at all when that delay exceeds `max_retry_delay_s` or the time left). Streaming calls use
+    the same numbers through gRPC's own retries, before the first response only.
     """
 
     max_attempts: int = DEFAULT_RETRIES + 1
@@ -50,12 +74,13 @@ class RetryPolicy:
     max_backoff_s: float = 5.0
     backoff_multiplier: float = 2.0
     retryable_status_codes: tuple[grpc.StatusCode, ...] = (grpc.StatusCode.UNAVAILABLE,)
+    max_retry_delay_s: float = 10.0
 
     def __post_init__(self) -> None:
         if not 2 <= self.max_attempts <= MAX_ATTEMPTS_LIMIT:
             raise ValueError(f"max_attempts must be in 2..{MAX_ATTEMPTS_LIMIT} (gRPC caps it), got {self.max_attempts}")
-        if self.initial_backoff_s <= 0 or self.max_backoff_s <= 0:
-            raise ValueError("backoffs must be > 0 seconds")
+        if self.initial_backoff_s <= 0 or self.max_backoff_s <= 0 or self.max_retry_delay_s <= 0:
+            raise ValueError("backoffs and max_retry_delay_s must be > 0 seconds")
         if self.backoff_multiplier <= 0:
             raise ValueError("backoff_multiplier must be > 0")
         if not self.retryable_status_codes:
@@ -70,10 +95,10 @@ class RetryPolicy:
             return None
         return cls(max_attempts=retries + 1)
 
-    def method_config(self, services: Sequence[str] = SERVICE_NAMES) -> dict[str, Any]:
-        """One methodConfig entry covering every method of the given services."""
+    def method_config(self, methods: Sequence[tuple[str, str]] = STREAMING_METHODS) -> dict[str, Any]:
+        """One methodConfig entry covering the given (service, method) pairs."""
         return {
-            "name": [{"service": service} for service in services],
+            "name": [{"service": service, "method": method} for service, method in methods],
             "retryPolicy": {
                 "maxAttempts": self.max_attempts,
                 "initialBackoff": _duration(self.initial_backoff_s),
@@ -83,9 +108,9 @@ class RetryPolicy:
             },
         }
 
-    def service_config_json(self, services: Sequence[str] = SERVICE_NAMES) -> str:
+    def service_config_json(self, methods: Sequence[tuple[str, str]] = STREAMING_METHODS) -> str:
         """The value of the "grpc.service_config" channel option."""
-        return json.dumps({"methodConfig": [self.method_config(services)]})
+        return json.dumps({"methodConfig": [self.method_config(methods)]})
 
 
 def resolve_retry_policy(retries: int | RetryPolicy | None) -> RetryPolicy | None:
@@ -114,8 +139,8 @@ def channel_options(
         options += [
             ("grpc.enable_retries", 1),
             ("grpc.service_config", retry_policy.service_config_json()),
-            # A request bigger than the retry buffer commits on the first attempt and is never retried;
-            # image uploads easily pass the 256 KiB default, so buffer up to one whole message.
+            # A stream whose requests outgrow the retry buffer commits and is never retried; image uploads
+            # easily pass the 256 KiB default, so buffer up to one whole message.
             ("grpc.per_rpc_retry_buffer_size", max_message_bytes),
         ]
     # gRPC keeps the first of duplicate keys, so drop ours where the caller gave their own.
@@ -123,30 +148,84 @@ def channel_options(
     return [option for option in options if option[0] not in overridden] + list(extra)
 
 
+def local_connection(target: str) -> grpc.LocalConnectionType | None:
+    """How `target` connects when it stays on this machine (Unix socket or loopback TCP), else None.
+
+    Only literal loopback addresses and "localhost" count; gRPC's local credentials check the peer again.
+    """
+    if target.startswith(("unix:", "unix-abstract:")):
+        return grpc.LocalConnectionType.UDS
+    rest = target
+    for scheme in ("dns:", "ipv4:", "ipv6:"):
+        if rest.startswith(scheme):
+            rest = rest[len(scheme) :]
+            if scheme == "dns:" and rest.startswith("//"):
+                rest = rest[2:].partition("/")[2]  # dns://[authority]/host:port
+            break
+    addresses = rest.split(",") if target.startswith(("ipv4:", "ipv6:")) else [rest]
+    return grpc.LocalConnectionType.LOCAL_TCP if all(_is_loopback(a) for a in addresses) else None
+
+
+def _is_loopback(address: str) -> bool:
+    if address.startswith("["):  # [::1]:50051
+        host = address[1:].partition("]")[0]
+    elif address.count(":") == 1:  # host:port
+        host = address.partition(":")[0]
+    else:  # host, or a bare IPv6 address
+        host = address
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def channel_credentials(
     *,
+    target: str,
     tls: bool,
     root_certificates: bytes | None,
     private_key: bytes | None,
     certificate_chain: bytes | None,
-) -> grpc.ChannelCredentials | None:
-    """TLS credentials (system roots unless root_certificates is given), or None for plaintext."""
+    token: str | None = None,
+    allow_plaintext_token: bool = False,
+) -> tuple[grpc.ChannelCredentials | None, Metadata]:
+    """Channel credentials (None: plaintext) and the metadata that must carry the token where they cannot.
+
+    The token travels as gRPC call credentials (`authorization: Bearer ...` added by gRPC to every call on the
+    channel, raw stubs included), which gRPC only sends over TLS or to a local peer. A plaintext channel to
+    another host would expose it, so that is refused unless `allow_plaintext_token` says the network is
+    trusted (e.g. a service mesh that encrypts traffic between pods); then it is sent as call metadata.
+    """
     if not tls:
         if root_certificates or private_key or certificate_chain:
             raise ValueError("certificates were given but tls=False")
-        return None
+        if not token:
+            return None, ()
+        local = local_connection(target)
+        if local is not None:
+            return _with_token(grpc.local_channel_credentials(local), token), ()
+        if not allow_plaintext_token:
+            raise ValueError(
+                f"refusing to send the token in plaintext to {target!r} (not a loopback address): use tls=True, "
+                "or pass allow_plaintext_token=True if the network between client and server is trusted"
+            )
+        return None, (("authorization", f"Bearer {token}"),)
     if (private_key is None) != (certificate_chain is None):
         raise ValueError("mutual TLS needs both private_key and certificate_chain")
-    return grpc.ssl_channel_credentials(
+    credentials = grpc.ssl_channel_credentials(
         root_certificates=root_certificates,
         private_key=private_key,
         certificate_chain=certificate_chain,
     )
+    return (_with_token(credentials, token) if token else credentials), ()
 
 
-def call_metadata(token: str | None, metadata: Sequence[tuple[str, str]]) -> Metadata:
-    """Metadata sent with every call; the bearer token travels as call metadata so it works on any channel."""
-    items = [(key.lower(), value) for key, value in metadata]
-    if token:
-        items.append(("authorization", f"Bearer {token}"))
-    return tuple(items)
+def _with_token(credentials: grpc.ChannelCredentials, token: str) -> grpc.ChannelCredentials:
+    return grpc.composite_channel_credentials(credentials, grpc.access_token_call_credentials(token))
+
+
+def call_metadata(metadata: Sequence[tuple[str, str]], token_metadata: Metadata = ()) -> Metadata:
+    """Metadata sent with every call: the caller's extra entries (keys lower-cased, as gRPC requires)."""
+    return tuple((key.lower(), value) for key, value in metadata) + tuple(token_metadata)

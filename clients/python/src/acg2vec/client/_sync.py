@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
 from acg2vec.client import _requests as rq
 from acg2vec.client._base import BaseClient, health_modules
+from acg2vec.client._retry import Deadline, wait_before_retry
 from acg2vec.v1 import (
     image_feature_pb2,
     image_feature_pb2_grpc,
@@ -24,6 +26,9 @@ from acg2vec.v1 import (
 if TYPE_CHECKING:
     from grpc_health.v1 import health_pb2
 
+Req = TypeVar("Req")
+Res = TypeVar("Res")
+
 
 class Acg2vecClient(BaseClient):
     """Thin typed wrapper over the acg2vec.v1 stubs; methods build requests and return the response messages.
@@ -37,12 +42,20 @@ class Acg2vecClient(BaseClient):
     image_features: image_feature_pb2_grpc.ImageFeatureServiceStub
     text_features: text_feature_pb2_grpc.TextFeatureServiceStub
     search_service: search_pb2_grpc.SearchServiceStub
+    interceptor_types = (
+        grpc.UnaryUnaryClientInterceptor,
+        grpc.UnaryStreamClientInterceptor,
+        grpc.StreamUnaryClientInterceptor,
+        grpc.StreamStreamClientInterceptor,
+    )
 
     def _connect(self) -> None:
         if self._credentials is None:
             self.channel = grpc.insecure_channel(self.target, options=self._channel_options)
         else:
             self.channel = grpc.secure_channel(self.target, self._credentials, options=self._channel_options)
+        if self._interceptors:
+            self.channel = grpc.intercept_channel(self.channel, *self._interceptors)
         self.tagging = tagging_pb2_grpc.TaggingServiceStub(self.channel)
         self.image_features = image_feature_pb2_grpc.ImageFeatureServiceStub(self.channel)
         self.text_features = text_feature_pb2_grpc.TextFeatureServiceStub(self.channel)
@@ -63,6 +76,20 @@ class Acg2vecClient(BaseClient):
     ) -> None:
         self.close()
 
+    def _unary(self, method: Callable[..., Res], request: Req, timeout: float | None) -> Res:
+        """One unary call, retried per the RetryPolicy (honouring RetryInfo) within one deadline for all attempts."""
+        deadline = Deadline(self._timeout(timeout))
+        attempt = 1
+        while True:
+            try:
+                return method(request, timeout=deadline.remaining(), metadata=self._metadata)
+            except grpc.RpcError as error:
+                wait = wait_before_retry(self.retry_policy, error, attempt, deadline)  # type: ignore[arg-type]
+                if wait is None:
+                    raise
+            time.sleep(wait)
+            attempt += 1
+
     # TaggingService ------------------------------------------------------------------------------
 
     def tag_image(
@@ -77,7 +104,7 @@ class Acg2vecClient(BaseClient):
         """Tags one encoded image; thresholds map category names ("general", ...) to minimum scores."""
         options = rq.tag_options(top_k=top_k, thresholds=thresholds, include_popularity=include_popularity)
         request = tagging_pb2.TagImageRequest(image=image, options=options)
-        return self.tagging.TagImage(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        return self._unary(self.tagging.TagImage, request, timeout)
 
     def tag_images(
         self,
@@ -97,7 +124,7 @@ class Acg2vecClient(BaseClient):
         merged = tagging_pb2.BatchTagImagesResponse()
         for chunk in rq.chunked(images, self._batch_size(batch_size)):
             request = tagging_pb2.BatchTagImagesRequest(images=chunk, options=options)
-            response = self.tagging.BatchTagImages(request, timeout=self._timeout(timeout), metadata=self._metadata)
+            response = self._unary(self.tagging.BatchTagImages, request, timeout)
             merged.results.extend(response.results)
         return merged
 
@@ -124,7 +151,7 @@ class Acg2vecClient(BaseClient):
     ) -> tagging_pb2.PredictPopularityResponse:
         """deepix predictions; FAILED_PRECONDITION when the server has no deepix model."""
         request = tagging_pb2.PredictPopularityRequest(image=image)
-        return self.tagging.PredictPopularity(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        return self._unary(self.tagging.PredictPopularity, request, timeout)
 
     # ImageFeatureService -------------------------------------------------------------------------
 
@@ -133,7 +160,7 @@ class Acg2vecClient(BaseClient):
     ) -> image_feature_pb2.ExtractImageFeatureResponse:
         """illust2vec vector of one image."""
         request = image_feature_pb2.ExtractImageFeatureRequest(image=image)
-        return self.image_features.ExtractImageFeature(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        return self._unary(self.image_features.ExtractImageFeature, request, timeout)
 
     def extract_image_features(
         self, images: Sequence[bytes], *, batch_size: int | None = None, timeout: float | None = None
@@ -142,9 +169,7 @@ class Acg2vecClient(BaseClient):
         merged = image_feature_pb2.BatchExtractImageFeaturesResponse()
         for chunk in rq.chunked(images, self._batch_size(batch_size)):
             request = image_feature_pb2.BatchExtractImageFeaturesRequest(images=chunk)
-            response = self.image_features.BatchExtractImageFeatures(
-                request, timeout=self._timeout(timeout), metadata=self._metadata
-            )
+            response = self._unary(self.image_features.BatchExtractImageFeatures, request, timeout)
             merged.features.extend(response.features)
         return merged
 
@@ -164,7 +189,7 @@ class Acg2vecClient(BaseClient):
     ) -> text_feature_pb2.ExtractTextFeatureResponse:
         """acgvoc2vec vector of one text."""
         request = text_feature_pb2.ExtractTextFeatureRequest(text=text)
-        return self.text_features.ExtractTextFeature(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        return self._unary(self.text_features.ExtractTextFeature, request, timeout)
 
     def extract_text_features(
         self, texts: Sequence[str], *, batch_size: int | None = None, timeout: float | None = None
@@ -175,9 +200,7 @@ class Acg2vecClient(BaseClient):
         merged = text_feature_pb2.BatchExtractTextFeaturesResponse()
         for chunk in rq.chunked(texts, self._batch_size(batch_size)):
             request = text_feature_pb2.BatchExtractTextFeaturesRequest(texts=chunk)
-            response = self.text_features.BatchExtractTextFeatures(
-                request, timeout=self._timeout(timeout), metadata=self._metadata
-            )
+            response = self._unary(self.text_features.BatchExtractTextFeatures, request, timeout)
             merged.features.extend(response.features)
         return merged
 
@@ -227,7 +250,7 @@ class Acg2vecClient(BaseClient):
             page_token=page_token,
             exact_rerank=exact_rerank,
         )
-        return self.search_service.Search(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        return self._unary(self.search_service.Search, request, timeout)
 
     def index_illustration(
         self,
@@ -243,7 +266,7 @@ class Acg2vecClient(BaseClient):
         """Tags, embeds and stores an image under id; re-sending the same data is a no-op (UNCHANGED)."""
         metadata = rq.illustration_metadata(title=title, artist=artist, source_url=source_url, fields=fields)
         request = search_pb2.IndexIllustrationRequest(id=id, image=image, metadata=metadata)
-        return self.search_service.IndexIllustration(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        return self._unary(self.search_service.IndexIllustration, request, timeout)
 
     def stream_index_illustrations(
         self, items: Iterable[rq.IndexStreamItem], *, timeout: float | None = None
@@ -259,7 +282,7 @@ class Acg2vecClient(BaseClient):
     ) -> search_pb2.GetIllustrationResponse:
         """One stored illustration; NOT_FOUND for an unknown id."""
         request = search_pb2.GetIllustrationRequest(id=id, include_vectors=include_vectors)
-        return self.search_service.GetIllustration(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        return self._unary(self.search_service.GetIllustration, request, timeout)
 
     def update_illustration_metadata(
         self,
@@ -274,14 +297,12 @@ class Acg2vecClient(BaseClient):
         """Replaces (not merges) the user metadata without recomputing tags or vectors."""
         metadata = rq.illustration_metadata(title=title, artist=artist, source_url=source_url, fields=fields)
         request = search_pb2.UpdateIllustrationMetadataRequest(id=id, metadata=metadata)
-        return self.search_service.UpdateIllustrationMetadata(
-            request, timeout=self._timeout(timeout), metadata=self._metadata
-        )
+        return self._unary(self.search_service.UpdateIllustrationMetadata, request, timeout)
 
     def delete_illustration(self, id: str, *, timeout: float | None = None) -> search_pb2.DeleteIllustrationResponse:
         """Removes metadata and vectors; `existed` is False when there was nothing to delete."""
         request = search_pb2.DeleteIllustrationRequest(id=id)
-        return self.search_service.DeleteIllustration(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        return self._unary(self.search_service.DeleteIllustration, request, timeout)
 
     # Health --------------------------------------------------------------------------------------
 
@@ -291,4 +312,4 @@ class Acg2vecClient(BaseClient):
         if self._health is None:
             self._health = services.HealthStub(self.channel)
         request = messages.HealthCheckRequest(service=service)
-        return self._health.Check(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        return self._unary(self._health.Check, request, timeout)

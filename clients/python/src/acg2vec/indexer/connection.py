@@ -28,6 +28,12 @@ def connection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--tls-ca-file", type=_File, default=None, help="PEM CA of the server certificate (implies TLS)"),
         click.option("--tls-cert-file", type=_File, default=None, help="PEM client certificate (mutual TLS)"),
         click.option("--tls-key-file", type=_File, default=None, help="PEM client private key (mutual TLS)"),
+        click.option(
+            "--allow-plaintext-token",
+            is_flag=True,
+            default=False,
+            help="send the token without TLS to another host (a trusted network only; refused otherwise)",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -41,6 +47,7 @@ def client_kwargs(
     tls_ca_file: Path | None = None,
     tls_cert_file: Path | None = None,
     tls_key_file: Path | None = None,
+    allow_plaintext_token: bool = False,
 ) -> dict[str, Any]:
     """Keyword arguments for Acg2vecClient / AsyncAcg2vecClient from the connection flags."""
     if (tls_cert_file is None) != (tls_key_file is None):
@@ -59,4 +66,5 @@ def client_kwargs(
         if not token:
             raise click.UsageError(f"the token file {token_file} is empty")
         kwargs["token"] = token
+        kwargs["allow_plaintext_token"] = allow_plaintext_token
     return kwargs

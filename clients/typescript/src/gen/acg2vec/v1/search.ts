@@ -20,8 +20,8 @@ import {
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
-import { Timestamp } from "../../google/protobuf/timestamp";
-import { FeatureVector, ItemError, ModelInfo, Rating, ratingFromJSON, ratingToJSON, Tag } from "./common";
+import { Timestamp } from "../../google/protobuf/timestamp.js";
+import { FeatureVector, ItemError, ModelInfo, Rating, ratingFromJSON, ratingToJSON, Tag } from "./common.js";
 
 /** Which embedding space a vector lives in. */
 export enum VectorSpace {

@@ -20,7 +20,7 @@ import {
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
-import { ItemError, ModelInfo, Rating, ratingFromJSON, ratingToJSON, Tag } from "./common";
+import { ItemError, ModelInfo, Rating, ratingFromJSON, ratingToJSON, Tag } from "./common.js";
 
 /** Score thresholds per category; unset means the server default (0.5 unless configured). */
 export interface CategoryThresholds {

@@ -20,7 +20,7 @@ import {
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
-import { FeatureVector, ItemError } from "./common";
+import { FeatureVector, ItemError } from "./common.js";
 
 export interface ExtractTextFeatureRequest {
   /** Non-empty UTF-8 text, at most max_text_chars characters. */
