@@ -9,7 +9,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from tests.helpers import ROOT
+from acg2vec_testing.paths import ROOT
 
 BUF = Path(sys.executable).parent / "buf"
 RELEASES = ROOT / "protos-releases"
