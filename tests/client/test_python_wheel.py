@@ -35,6 +35,8 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import re
+import subprocess
 import sys
 import time
 
@@ -73,9 +75,12 @@ out = {
     "version": acg2vec.__version__,
     "project_modules": [m for m in ("acg2vec_server", "acg2vec_models", "tensorflow", "tests")
                         if importlib.util.find_spec(m) is not None],
-    "installed": {name: importlib.metadata.version(name) for name in
-                  ("grpcio", "protobuf", "googleapis-common-protos", "grpcio-status", "grpcio-health-checking")},
+    "installed": {name: importlib.metadata.version(name) for name in sorted(
+        {re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0] for r in importlib.metadata.requires("acg2vec-client")})},
 }
+# the bulk indexer's command line (the `indexer` extra) starts with its dependencies at the same versions
+indexer = os.path.join(os.path.dirname(sys.executable), "acg2vec-index")
+out["indexer_help"] = subprocess.run([indexer, "--help"], capture_output=True, text=True).returncode
 image = open(sample, "rb").read()
 counter = CountCalls()
 # the token travels as call credentials (local credentials on a loopback target)
@@ -124,13 +129,14 @@ def build_wheel(out: Path) -> Path:
 
 
 def lowest_pins(wheel: Path) -> list[str]:
-    """`name==floor` for every dependency the wheel declares as `name>=floor`: the lowest-direct resolution."""
+    """`name==floor` for every dependency the wheel declares as `name>=floor` (its extras' too): the lowest-direct
+    resolution."""
     with zipfile.ZipFile(wheel) as archive:
         (metadata,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
         requires = re.findall(r"^Requires-Dist: (.+)$", archive.read(metadata).decode(), re.MULTILINE)
     pins = []
     for requirement in requires:
-        match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9.]+)", requirement.replace(" ", ""))
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9.]+)(;extra==\"[a-z]+\")?", requirement.replace(" ", ""))
         assert match, f"{requirement!r}: declare dependencies as name>=floor, so the floor is testable"
         pins.append(f"{match[1]}=={match[2]}")
     return pins
@@ -138,11 +144,24 @@ def lowest_pins(wheel: Path) -> list[str]:
 
 def wheelhouse(wheel: Path, requirements: list[str]) -> Path:
     """The wheel's dependencies as `requirements` select them, downloaded once per selection."""
-    key = hashlib.sha256("\n".join(requirements).encode() + (CLIENT / "pyproject.toml").read_bytes()).hexdigest()
+    key = hashlib.sha256(
+        "\n".join(["[indexer]", *requirements]).encode() + (CLIENT / "pyproject.toml").read_bytes()
+    ).hexdigest()
     house = ROOT / ".cache" / f"client-wheelhouse-{key[:16]}"
     if not (house / ".complete").exists():
         shutil.rmtree(house, ignore_errors=True)
-        run(sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", house, wheel, *requirements)
+        run(
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--only-binary=:all:",
+            "-d",
+            house,
+            f"{wheel}[indexer]",
+            *requirements,
+        )
         for own in house.glob("acg2vec_client-*"):
             own.unlink()  # only the dependencies are cached; the wheel under test is built fresh
         (house / ".complete").write_text("ok")
@@ -173,7 +192,7 @@ def clean_python(request: pytest.FixtureRequest, wheel: Path, tmp_path_factory: 
     python = venv / "bin" / "python"
     # this venv's pip installs into the clean one (--python): the clean venv needs no pip of its own
     install = [sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-index", "--find-links", house]
-    run(*install, wheel, *requirements)
+    run(*install, f"{wheel}[indexer]", *requirements)
     expected = {pin.partition("==")[0]: pin.partition("==")[2] for pin in requirements if "==" in pin}
     return python, expected
 
@@ -217,6 +236,7 @@ async def test_wheel_in_a_clean_venv_calls_a_live_server(app, clean_python, tmp_
     assert out["project_modules"] == [], "the clean venv must hold only the client and its dependencies"
     if expected_versions:  # the lowest-direct venv: each direct dependency exactly at its floor
         assert out["installed"] == expected_versions
+    assert out["indexer_help"] == 0, "acg2vec-index --help failed in the clean venv"
     assert out["version"] == tomllib.loads((CLIENT / "pyproject.toml").read_text())["project"]["version"]
     assert out["health"] == dict.fromkeys(
         ["server", "acg2vec.v1.TaggingService", "acg2vec.v1.SearchService"], "SERVING"
