@@ -27,6 +27,7 @@ from acg2vec_server.domain.service import Domain
 from acg2vec_server.domain.tagging import Tagger
 from acg2vec_server.health import LIVENESS, HealthMonitor
 from acg2vec_server.settings import Settings
+from acg2vec_server.telemetry import tracing
 from acg2vec_server.transport.security import Security
 from acg2vec_server.transport.server import api_server, bind, health_server
 
@@ -168,6 +169,7 @@ async def serve(settings: Settings) -> None:
 
         host = settings.listen.rsplit(":", 1)[0].strip("[]") or "0.0.0.0"
         start_http_server(settings.metrics_port, addr=host if host not in ("", "::") else "0.0.0.0")
+    provider = tracing.configure(settings)
     app = Application(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -177,3 +179,4 @@ async def serve(settings: Settings) -> None:
     await stop.wait()
     log.info("shutting down: draining in-flight calls for up to %.0fs", settings.grace_period_s)
     await app.stop()
+    await asyncio.to_thread(tracing.shutdown, provider)  # the spans still queued go out

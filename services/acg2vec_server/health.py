@@ -12,6 +12,7 @@ import asyncio
 import logging
 
 from grpc_health.v1 import health, health_pb2
+from prometheus_client import Gauge
 
 from acg2vec_server.domain.errors import Acg2vecError
 from acg2vec_server.domain.periodic import Periodic
@@ -26,6 +27,9 @@ TEXT_FEATURE = "acg2vec.v1.TextFeatureService"
 SEARCH = "acg2vec.v1.SearchService"
 SERVICES = (TAGGING, IMAGE_FEATURE, TEXT_FEATURE, SEARCH)
 LIVENESS = "liveness"
+
+#: 1 while a health name is SERVING, 0 while NOT_SERVING; the overall name "" is labelled service="all".
+SERVING_GAUGE = Gauge("acg2vec_health_serving", "1 while the health service name is SERVING, else 0", ["service"])
 
 
 class HealthMonitor:
@@ -87,6 +91,7 @@ class HealthMonitor:
     async def set(self, service: str, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         await self.servicer.set(service, status)
+        SERVING_GAUGE.labels(service or "all").set(1 if serving else 0)
 
     def start(self) -> None:
         self._periodic.start()

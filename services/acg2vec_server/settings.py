@@ -11,6 +11,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 InferenceKind = Literal["inprocess", "tfserving"]
 IndexType = Literal["HNSW", "FLAT", "IVF_FLAT", "IVF_SQ8", "AUTOINDEX"]
 AuthMode = Literal["token", "none"]
+LogFormat = Literal["text", "json"]
+OtlpProtocol = Literal["", "grpc", "http/protobuf"]
 
 #: Commands Tendis does not implement; the embedded server disables them so that using one fails fast.
 TENDIS_UNSUPPORTED_COMMANDS: tuple[str, ...] = (
@@ -36,6 +38,24 @@ class Settings(BaseSettings):
     grace_period_s: float = Field(15.0, description="On SIGTERM, how long in-flight calls may finish.")
     access_log: bool = Field(True, description="Log one line per call.")
     log_level: str = "INFO"
+    log_format: LogFormat = Field(
+        "text", description="text: readable lines; json: one JSON object per line, with trace_id and span_id."
+    )
+
+    # --- tracing (OpenTelemetry; the standard OTEL_* variables apply: docs/deployment.md#tracing)
+    tracing: bool = Field(
+        False,
+        description="Trace every RPC (server span, W3C trace context from the caller) and backend call (child "
+        "spans), exported over OTLP. OTEL_SDK_DISABLED=true turns it off.",
+    )
+    otlp_endpoint: str = Field(
+        "",
+        description="OTLP collector, e.g. http://otel-collector:4317 (grpc) or http://otel-collector:4318 "
+        "(http/protobuf); empty: OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT, else localhost.",
+    )
+    otlp_protocol: OtlpProtocol = Field(
+        "", description="grpc or http/protobuf; empty: OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL, else grpc."
+    )
 
     # --- security (docs/security.md); SecretStr fields come from env only (no CLI flag) and never print
     auth: AuthMode = Field(

@@ -13,7 +13,8 @@ Supported kustomization fields (anything else raises Unsupported, so a new featu
   patches              strategic merge (path or inline, target from the patch's own kind/name or a selector)
                        and JSON 6902 (add / remove / replace / test) with a target selector
   configMapGenerator   literals and files; behavior create / merge / replace;
-  secretGenerator        options.disableNameSuffixHash must be true (no hash suffix is computed)
+  secretGenerator        options.disableNameSuffixHash must be true (no hash suffix is computed); options.labels
+                       and options.annotations on the generated object
 
 The order of operations follows kustomize: resources, generators, then patches, namespace, labels,
 replicas, images.
@@ -73,7 +74,8 @@ MERGE_KEYS = {
     "topologySpreadConstraints": "topologyKey",
     "hostAliases": "ip",
 }
-# kustomize's legacy output order; kinds not listed come after, in input order.
+# kustomize's legacy output order; kinds not listed come after, ordered by their GVK string
+# (resid.Gvk.String(): group_version_kind, "~G" for the core group), then namespace and name.
 KIND_ORDER = [
     "Namespace",
     "ResourceQuota",
@@ -199,8 +201,10 @@ def generator_data(root: Path, spec: dict[str, Any]) -> dict[str, str]:
 
 def run_generator(root: Path, spec: dict[str, Any], kind: str, resources: list[Resource]) -> None:
     options = spec.get("options") or {}
-    if set(options) - {"disableNameSuffixHash"} or not options.get("disableNameSuffixHash"):
-        raise Unsupported(f"{kind} generator {spec['name']}: only options.disableNameSuffixHash: true is supported")
+    if set(options) - {"disableNameSuffixHash", "labels", "annotations"} or not options.get("disableNameSuffixHash"):
+        raise Unsupported(
+            f"{kind} generator {spec['name']}: only options.disableNameSuffixHash: true, labels and annotations"
+        )
     data = generator_data(root, spec)
     behavior = spec.get("behavior", "create")
     encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()} if kind == "Secret" else data
@@ -211,6 +215,9 @@ def run_generator(root: Path, spec: dict[str, Any], kind: str, resources: list[R
         res: Resource = {"apiVersion": "v1", "kind": kind, "metadata": {"name": spec["name"]}}
         if spec.get("namespace"):
             res["metadata"]["namespace"] = spec["namespace"]
+        for field in ("labels", "annotations"):
+            if options.get(field):
+                res["metadata"][field] = dict(options[field])
         if kind == "Secret":
             res["type"] = spec.get("type", "Opaque")
         res["data"] = encoded
@@ -506,7 +513,8 @@ def sort_legacy(resources: list[Resource]) -> list[Resource]:
         else:
             first = len(KIND_ORDER)
         meta = res["metadata"]
-        return (first, kind if first == len(KIND_ORDER) else "", meta.get("namespace", ""), meta.get("name", ""))
+        gvk = f"{group_of(res['apiVersion']) or '~G'}_{version_of(res['apiVersion']) or '~V'}_{kind}"
+        return (first, gvk if first == len(KIND_ORDER) else "", meta.get("namespace", ""), meta.get("name", ""))
 
     return sorted(resources, key=rank)
 

@@ -2,8 +2,8 @@
 
 - Both overlays render with tests/k8s/kustomize.py, and (where kubectl is installed) exactly as
   `kubectl kustomize` renders them.
-- Every built-in object passes `kubernetes-validate --strict`; the Milvus custom resource, which has no
-  built-in schema, is checked against the structure the Milvus Operator expects.
+- Every built-in object passes `kubernetes-validate --strict`; the custom resources (Milvus, PodMonitor,
+  PrometheusRule), which it has no schema for, pass their operators' own CRD schemas (vendored in crds/).
 - Cross-references hold (checks/): Service selectors and ports, probes, ConfigMap/Secret/PVC references,
   ACG2VEC_* keys against the server's Settings, backend addresses, HPA/PDB targets, the NetworkPolicy, graceful
   shutdown, the Indexed Job, TF-Serving, Tendis.
@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import shutil
 import subprocess
@@ -35,8 +36,10 @@ from .checks.common import (
     check_services,
     check_settings_keys,
 )
+from .checks.crds import cel_rules, crd_schemas, is_custom, validate_custom
 from .checks.indexer import check_indexed_jobs
 from .checks.milvus import check_milvus
+from .checks.monitoring import adapter_rules, check_adapter_rules, check_monitoring
 from .checks.network_policy import check_network_policy
 from .checks.objects import by_kind
 from .checks.objects import find as find_object
@@ -166,8 +169,8 @@ spec:
 def test_every_builtin_object_passes_strict_schema_validation(rendered, overlay):
     failures = []
     for doc in rendered[overlay]:
-        if doc["kind"] == "Milvus":
-            continue  # custom resource: structure checked in test_milvus_resource
+        if is_custom(doc):
+            continue  # custom resource: test_custom_resources_pass_their_operators_crds
         try:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
         except kubernetes_validate.ValidationError as err:
@@ -184,7 +187,7 @@ def test_kubernetes_validate_cli_accepts_the_rendered_overlays(rendered, tmp_pat
         pytest.skip("kubernetes-validate CLI not installed next to this Python")
     for overlay in OVERLAYS:
         path = tmp_path / f"{overlay}.yaml"
-        path.write_text(to_yaml([d for d in rendered[overlay] if d["kind"] != "Milvus"]))
+        path.write_text(to_yaml([d for d in rendered[overlay] if not is_custom(d)]))
         out = subprocess.run(
             [str(exe), "--strict", "--quiet", "-k", K8S_VERSION, str(path)], capture_output=True, text=True, timeout=60
         )
@@ -201,6 +204,57 @@ def test_strict_validation_rejects_a_misspelt_field(rendered):
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_milvus_resource(rendered, overlay):
     assert check_milvus(rendered[overlay], "cluster" if overlay == "prod" else "standalone") == []
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_custom_resources_pass_their_operators_crds(rendered, overlay):
+    custom = [d for d in rendered[overlay] if is_custom(d)]
+    assert {d["kind"] for d in custom} == {"Milvus", "PodMonitor", "PrometheusRule"}
+    assert [p for d in custom for p in validate_custom(d)] == []
+    # every object is either a built-in kind (kubernetes-validate) or has a vendored CRD
+    for doc in rendered[overlay]:
+        if not is_custom(doc):
+            assert "." not in doc["apiVersion"].split("/")[0] or doc["apiVersion"].split("/")[0].endswith("k8s.io")
+
+
+def test_adapter_rule_check_follows_the_adapters_config_format():
+    assert check_adapter_rules(adapter_rules()) == []
+    broken = copy.deepcopy(adapter_rules())
+    broken["rules"][0]["name"]["rename"] = "x"  # the adapter reads its file with yaml.UnmarshalStrict
+    assert "'rename' was unexpected" in " ".join(check_adapter_rules(broken))
+    broken = copy.deepcopy(adapter_rules())
+    broken["rules"][0]["metricsQuery"] = "sum(acg2vec_grpc_server_in_flight_calls)"
+    assert "<<.LabelMatchers>>" in " ".join(check_adapter_rules(broken))
+
+
+def test_vendored_crds_are_the_operators_releases_and_apply_in_full():
+    readme = (REPO / "tests" / "k8s" / "crds" / "README.md").read_text()
+    for path in sorted((REPO / "tests" / "k8s" / "crds").glob("*.yaml")):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert f"`{path.name}`" in readme and digest in readme, f"{path.name}: note its version, source and sha256"
+    assert ("milvus.io/v1beta1", "Milvus") in crd_schemas()
+    assert cel_rules() == [], "CEL rules (x-kubernetes-validations) would not be checked by this validation"
+
+
+def test_crd_validation_is_the_operators_not_a_hand_schema(rendered):
+    """The real CRD decides: the operator's disableMetric and replicas: -1 (its minimum) pass; unknown fields, wrong
+    types and out-of-range values fail, at any depth."""
+    milvus = copy.deepcopy(find(rendered["prod"], "Milvus", "milvus"))
+    milvus["spec"]["components"]["disableMetric"] = True
+    milvus["spec"]["components"]["queryNode"]["replicas"] = -1
+    assert validate_custom(milvus) == []
+    milvus["spec"]["components"]["queryNode"]["replicas"] = -2
+    milvus["spec"]["components"]["queryNode"]["resources"]["limits"]["memroy"] = "1Gi"
+    problems = " ".join(validate_custom(milvus))
+    assert "-2 is less than the minimum of -1" in problems and "memroy" not in problems  # limits: any resource name
+    milvus["spec"]["components"]["queryNode"]["resorces"] = {}
+    assert "'resorces' was unexpected" in " ".join(validate_custom(milvus))
+    rule = copy.deepcopy(find(rendered["dev"], "PrometheusRule", "acg2vec"))
+    rule["spec"]["groups"][0]["rules"][0]["for"] = "ten minutes"
+    assert "does not match" in " ".join(validate_custom(rule))
+    monitor = copy.deepcopy(find(rendered["dev"], "PodMonitor", "acg2vec"))
+    monitor["spec"].pop("selector")
+    assert "'selector' is a required property" in " ".join(validate_custom(monitor))
 
 
 # --------------------------------------------------------------------------------------------- cross-references
@@ -220,6 +274,7 @@ CHECKS: dict[str, Callable[[list[dict], str], list[str]]] = {
     "tfserving": lambda d, o: check_tfserving(d),
     "tendis": lambda d, o: check_tendis(d, cluster=o == "prod"),
     "security": lambda d, o: check_security(d),
+    "monitoring": lambda d, o: check_monitoring(d),
 }
 
 
@@ -248,8 +303,42 @@ def _volume(docs, kind, name, volume):
     return next(v for v in spec["volumes"] if v["name"] == volume)
 
 
+def _first_alert(docs):
+    return find(docs, "PrometheusRule", "acg2vec")["spec"]["groups"][0]["rules"][0]
+
+
 # (check, overlay, how to break it, a phrase the problem must contain)
 BREAKAGES = [
+    (
+        "monitoring",
+        "dev",
+        lambda d: find(d, "PodMonitor", "acg2vec")["spec"]["podMetricsEndpoints"][0].update(port="grpc"),
+        "not the metrics port 9090",
+    ),
+    (
+        "monitoring",
+        "prod",
+        lambda d: find(d, "PodMonitor", "acg2vec")["spec"]["selector"]["matchLabels"].update(
+            {"app.kubernetes.io/name": "tfserving"}
+        ),
+        "matches no server pod",
+    ),
+    (
+        "monitoring",
+        "prod",
+        lambda d: find(d, "HorizontalPodAutoscaler", "acg2vec")["spec"]["metrics"][1]["pods"]["metric"].update(
+            name="grpc_in_flight"
+        ),
+        "not served by the adapter rule",
+    ),
+    ("monitoring", "dev", lambda d: _first_alert(d)["annotations"].pop("runbook"), "no runbook annotation"),
+    ("monitoring", "dev", lambda d: _first_alert(d).update(expr="up == 0"), 'select job="acg2vec"'),
+    (
+        "monitoring",
+        "prod",
+        lambda d: find(d, "ConfigMap", "acg2vec-grafana-dashboard")["metadata"]["labels"].pop("grafana_dashboard"),
+        "grafana_dashboard=1 missing",
+    ),
     (
         "security",
         "dev",
@@ -508,6 +597,12 @@ def test_checks_catch_broken_manifests(rendered, check, overlay, breakage, phras
         ("prod", "cluster", lambda s: s["dependencies"]["etcd"].update(external=True), "etcd"),
         ("dev", "standalone", lambda s: s.update(mode="cluster"), "expected standalone"),
         ("dev", "standalone", lambda s: s["components"].update(querynode={"replicas": 1}), "querynode"),
+        # the operator's field is disableMetric; its CRD has no disableMetrics
+        ("dev", "standalone", lambda s: s["components"].update(disableMetrics=True), "'disableMetrics' was unexpected"),
+        ("prod", "cluster", lambda s: s["components"]["proxy"].update(replicas="2"), "is not of type 'integer'"),
+        ("dev", "standalone", lambda s: s["dependencies"].update(msgStreamType="zeromq"), "is not one of"),
+        ("dev", "standalone", lambda s: s["dependencies"].update(msgStreamType="rocksmq"), "enableRollingUpdate"),
+        ("prod", "cluster", lambda s: s["dependencies"].update(storage={"external": True}), "storage.endpoint"),
     ],
 )
 def test_milvus_check_catches_broken_resources(rendered, overlay, mode, edit, phrase):

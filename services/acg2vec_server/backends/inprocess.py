@@ -19,7 +19,8 @@ import numpy as np
 from acg2vec_models import repository
 from acg2vec_server.backends.signatures import read_signature_defs, signature_infos
 from acg2vec_server.domain.errors import BackendUnavailable
-from acg2vec_server.domain.ports import InferenceInputError, ModelDescription, ModelNotInstalled
+from acg2vec_server.domain.ports import InferenceBackend, InferenceInputError, ModelDescription, ModelNotInstalled
+from acg2vec_server.telemetry.backend_calls import instrumented
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ def tf_error_summary(message: str) -> str:
     return useful[-1] if useful else (lines[0] if lines else "invalid input")
 
 
+@instrumented("inprocess", InferenceBackend)
 class InProcessBackend:
     name = "inference"
 

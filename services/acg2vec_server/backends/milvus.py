@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 
 from acg2vec_server.domain.errors import BackendUnavailable, FailedPrecondition
+from acg2vec_server.domain.ports import VectorStore
 from acg2vec_server.domain.types import RATINGS, SearchFilter, Space, VectorHit, VectorRow
+from acg2vec_server.telemetry.backend_calls import instrumented
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ def filter_expression(flt: SearchFilter, exclude_id: str = "") -> str:
     return " and ".join(parts)
 
 
+@instrumented("milvus", VectorStore)
 class MilvusVectorStore:
     name = "vectors"
 

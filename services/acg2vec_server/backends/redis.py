@@ -24,7 +24,9 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from acg2vec_server.domain.errors import BackendUnavailable
+from acg2vec_server.domain.ports import MetadataStore
 from acg2vec_server.domain.types import IllustrationMetadata, IllustrationRecord, ModelRef, RecordState, TagScore
+from acg2vec_server.telemetry.backend_calls import instrumented
 
 
 def _encode(record: IllustrationRecord) -> dict[str, Any]:
@@ -68,6 +70,7 @@ def _decode(id: str, h: dict[bytes, bytes]) -> IllustrationRecord:
     )
 
 
+@instrumented("redis", MetadataStore)
 class RedisMetadataStore:
     name = "metadata"
 

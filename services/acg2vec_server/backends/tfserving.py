@@ -12,11 +12,13 @@ from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, predict
 
 from acg2vec_server.backends.signatures import signature_infos
 from acg2vec_server.domain.errors import BackendUnavailable
-from acg2vec_server.domain.ports import InferenceInputError, ModelDescription, ModelNotInstalled
+from acg2vec_server.domain.ports import InferenceBackend, InferenceInputError, ModelDescription, ModelNotInstalled
+from acg2vec_server.telemetry.backend_calls import instrumented
 
 _UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 
 
+@instrumented("tfserving", InferenceBackend)
 class TFServingBackend:
     name = "inference"
 

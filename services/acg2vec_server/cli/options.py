@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +11,8 @@ from typing import Any
 import click
 from pydantic import SecretStr
 
-from acg2vec_server.settings import Settings
+from acg2vec_server.settings import LogFormat, Settings
+from acg2vec_server.telemetry import logs
 
 
 def settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -58,11 +58,8 @@ def models_root(repository: Path | None) -> Path:
     return repository or Settings().models_root
 
 
-def setup_logging(level: str = "INFO", timestamps: bool = True) -> None:
-    logging.basicConfig(
-        level=level.upper(), stream=sys.stderr,
-        format=("%(asctime)s " if timestamps else "") + "%(levelname)s %(name)s: %(message)s",
-    )  # fmt: skip
+def setup_logging(level: str = "INFO", timestamps: bool = True, fmt: LogFormat = "text") -> None:
+    logs.setup(level, timestamps, fmt)
     for noisy in ("absl", "tensorflow", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # grpc's *synchronous* server logs handler exceptions here. Our server is grpc.aio (it logs elsewhere); the

@@ -19,7 +19,7 @@ def repair(full: bool, **overrides: Any) -> None:
     from acg2vec_server.domain.errors import Acg2vecError
 
     settings = make_settings(overrides)
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, fmt=settings.log_format)
 
     async def run() -> int:
         core = await Core.open(settings)

@@ -18,7 +18,7 @@ def serve(**overrides: Any) -> None:
     from acg2vec_server.transport.security import Security, SecurityConfigError
 
     settings = make_settings(overrides)
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, fmt=settings.log_format)
     try:
         Security.from_settings(settings)  # fail fast, before the heavy imports and any backend
     except SecurityConfigError as e:

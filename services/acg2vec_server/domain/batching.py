@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -66,6 +67,8 @@ class _Job:
     shape: tuple
     future: asyncio.Future[Outputs] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     queued: bool = True
+    #: The caller's context variables (its trace span among them): its batch runs in the first job's context.
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
 
 def batch_size_of(inputs: Mapping[str, np.ndarray]) -> int | None:
@@ -160,7 +163,9 @@ class _ModelQueue:
                 self.slots.release()
                 continue
             self.running += 1
-            task = asyncio.create_task(self._run(batch))
+            # in the context of the batch's first request, not the worker's (a copy of whichever request created
+            # the queue): the model call is then part of that request's trace
+            task = asyncio.create_task(self._run(batch), context=batch[0].context.copy())
             task.add_done_callback(self._finished)
             self._cancel_when_abandoned(batch, task)
 

@@ -18,6 +18,7 @@ from acg2vec.v1 import (
     text_feature_pb2_grpc,
 )
 from acg2vec_server.domain.service import Domain
+from acg2vec_server.transport import observability
 from acg2vec_server.transport.admission import AdmissionInterceptor
 from acg2vec_server.transport.observability import ObservabilityInterceptor
 from acg2vec_server.transport.security import Security
@@ -61,6 +62,7 @@ def api_server(
     search_pb2_grpc.add_SearchServiceServicer_to_server(SearchServicer(domain), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(SERVICE_NAMES, server)
+    observability.initialize(SERVICE_NAMES, max_concurrent_calls)
     return server
 
 

@@ -1,10 +1,10 @@
-"""The Milvus custom resource: the structure the Milvus Operator expects (a JSON schema), and standalone vs cluster
-mode."""
+"""The Milvus custom resource: validated against the Milvus Operator's own CRD (vendored: tests/k8s/crds/), the
+rules of its validating webhook (milvus-operator apis/milvus.io/v1beta1/milvus_webhook.go), and standalone vs
+cluster mode as each overlay means it."""
 
 from __future__ import annotations
 
-import jsonschema
-
+from .crds import validate_custom
 from .objects import by_kind
 
 MILVUS_COMPONENTS = {
@@ -13,96 +13,24 @@ MILVUS_COMPONENTS = {
 }  # fmt: skip
 
 
-_COMPONENT = {
-    "type": "object",
-    "properties": {
-        "replicas": {"type": "integer", "minimum": 0},
-        "serviceType": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
-        "resources": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {"requests": {"type": "object"}, "limits": {"type": "object"}},
-        },
-    },
-}
-
-
-_IN_CLUSTER = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "values": {"type": "object"},
-        "deletionPolicy": {"enum": ["Retain", "Delete"]},
-        "pvcDeletion": {"type": "boolean"},
-        "chartVersion": {"type": "string"},
-    },
-}
-
-
-_DEPENDENCY = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["inCluster"],
-    "properties": {"inCluster": _IN_CLUSTER, "external": {"const": False}},
-}
-
-
-MILVUS_SCHEMA = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"const": "milvus.io/v1beta1"},
-        "kind": {"const": "Milvus"},
-        "metadata": {"type": "object", "required": ["name"]},
-        "spec": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["mode", "components", "dependencies"],
-            "properties": {
-                "mode": {"enum": ["standalone", "cluster"]},
-                "config": {"type": "object"},
-                "components": {
-                    "type": "object",
-                    "required": ["image"],
-                    "propertyNames": {
-                        "enum": [
-                            *sorted(MILVUS_COMPONENTS),
-                            "image",
-                            "imagePullPolicy",
-                            "enableRollingUpdate",
-                            "imageUpdateMode",
-                            "paused",
-                            "podLabels",
-                            "podAnnotations",
-                            "env",
-                            "nodeSelector",
-                            "tolerations",
-                            "resources",
-                            "volumes",
-                            "volumeMounts",
-                            "serviceAccountName",
-                            "disableMetrics",
-                            "runAsNonRoot",
-                        ]
-                    },
-                    "properties": {name: _COMPONENT for name in MILVUS_COMPONENTS} | {"image": {"type": "string"}},
-                },
-                "dependencies": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["etcd", "storage"],
-                    "properties": {
-                        "etcd": _DEPENDENCY,
-                        "storage": _DEPENDENCY,
-                        "msgStreamType": {"enum": ["pulsar", "kafka", "rocksmq", "woodpecker", "natsmq"]},
-                        "pulsar": _DEPENDENCY,
-                        "kafka": _DEPENDENCY,
-                    },
-                },
-            },
-        },
-    },
-}
+def webhook_problems(spec: dict) -> list[str]:
+    """What the operator's validating webhook refuses (ValidateCreate: validateCommon, validateExternal)."""
+    problems = []
+    comps, deps = spec.get("components") or {}, spec.get("dependencies") or {}
+    if comps.get("rollingMode") not in (None, 0, 2, 3):
+        problems.append("Milvus: spec.components.rollingMode should be 2 or 3")
+    stream = deps.get("msgStreamType") or ("pulsar" if spec.get("mode") == "cluster" else "woodpecker")
+    if comps.get("enableRollingUpdate") and spec.get("mode") != "cluster" and stream in ("rocksmq", "natsmq"):
+        problems.append(f"Milvus: enableRollingUpdate is not supported for msgStream {stream}")
+    for name, endpoint in (("etcd", "endpoints"), ("storage", "endpoint")):
+        dep = deps.get(name) or {}
+        if dep.get("external") and not dep.get(endpoint):
+            problems.append(f"Milvus: external {name} needs spec.dependencies.{name}.{endpoint}")
+    for name in ("kafka", "pulsar"):
+        dep = deps.get(name) or {}
+        if stream == name and dep.get("external") and not dep.get("brokerList" if name == "kafka" else "endpoint"):
+            problems.append(f"Milvus: external {name} needs its address")
+    return problems
 
 
 def milvus_pod_labels(cr: dict) -> dict[str, str]:
@@ -114,14 +42,16 @@ def check_milvus(docs: list[dict], mode: str) -> list[str]:
     if len(crs) != 1:
         return [f"expected one Milvus resource, found {len(crs)}"]
     cr = crs[0]
-    problems = [
-        f"Milvus: {e.json_path}: {e.message}" for e in jsonschema.Draft202012Validator(MILVUS_SCHEMA).iter_errors(cr)
-    ]
+    problems = validate_custom(cr) or webhook_problems(cr["spec"])
     if problems:
         return problems
-    spec, comps, deps = cr["spec"], cr["spec"]["components"], cr["spec"]["dependencies"]
-    if spec["mode"] != mode:
-        problems.append(f"Milvus: mode {spec['mode']}, expected {mode}")
+    spec = cr["spec"]
+    comps, deps = spec.get("components") or {}, spec.get("dependencies") or {}
+    if spec.get("mode") != mode:
+        problems.append(f"Milvus: mode {spec.get('mode')}, expected {mode}")
+    for name in ("etcd", "storage"):  # everything Milvus needs runs in the cluster, managed by the operator
+        if not (deps.get(name) or {}).get("inCluster") or (deps.get(name) or {}).get("external"):
+            problems.append(f"Milvus: {name} should run in-cluster (spec.dependencies.{name}.inCluster)")
     if mode == "standalone":
         if set(comps) & (MILVUS_COMPONENTS - {"standalone"}):
             problems.append("Milvus standalone: cluster components are set")
@@ -138,6 +68,6 @@ def check_milvus(docs: list[dict], mode: str) -> list[str]:
             problems.append("Milvus cluster: rocksmq is standalone-only")
         if stream in ("pulsar", "kafka") and stream not in deps:
             problems.append(f"Milvus cluster: msgStreamType {stream} without an in-cluster {stream}")
-        if deps["etcd"]["inCluster"].get("values", {}).get("replicaCount", 1) < 3:
+        if ((deps.get("etcd") or {}).get("inCluster") or {}).get("values", {}).get("replicaCount", 1) < 3:
             problems.append("Milvus cluster: etcd needs 3 members for quorum")
     return problems
