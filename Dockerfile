@@ -61,7 +61,7 @@ RUN mkdir -p /models
 
 FROM trainer AS models-1
 RUN acg2vec models build-defaults --repository /models --cache-dir /tmp/acg2vec-cache \
- && python -c 'import os, pathlib; from acg2vec_models.repository import models_config; r = pathlib.Path("/models"); t = r / ".models.config.tmp"; t.write_text(models_config(r, "/models")); os.replace(t, r / "models.config")' \
+ && acg2vec models write-config --repository /models --base-path /models \
  && rm -rf /tmp/acg2vec-cache /tmp/.npm
 
 # hadolint ignore=DL3006

@@ -14,9 +14,11 @@ Signatures (what the service relies on):
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 SAVED_MODEL_FILE = "saved_model.pb"
+MODELS_CONFIG = "models.config"
 
 
 def versions(root: Path, name: str) -> list[int]:
@@ -44,21 +46,29 @@ def model_names(root: Path) -> list[str]:
 
 
 def models_config(root: Path, base_path: str = "/models") -> str:
-    """ModelServerConfig text proto listing every model, with base paths as TF-Serving will see them."""
-    lines = ["model_config_list {"]
+    """TF-Serving's ModelServerConfig (tensorflow_serving/config/model_server_config.proto) listing every model of
+    the repository, with base paths as TF-Serving will see them, in the protobuf text format it reads."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = model_server_config_pb2.ModelServerConfig()
+    config.model_config_list.SetInParent()  # an empty repository is an empty list, not an unset config
     for name in model_names(root):
-        lines += [
-            "  config {",
-            f'    name: "{name}"',
-            f'    base_path: "{base_path.rstrip("/")}/{name}"',
-            '    model_platform: "tensorflow"',
-            "  }",
-        ]
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+        model = config.model_config_list.config.add()
+        model.name = name
+        model.base_path = f"{base_path.rstrip('/')}/{name}"
+        model.model_platform = "tensorflow"
+    return text_format.MessageToString(config)
 
 
 def write_models_config(root: Path, base_path: str = "/models") -> Path:
-    path = root / "models.config"
-    path.write_text(models_config(root, base_path))
+    """Writes <root>/models.config atomically (a temporary file renamed over it): TF-Serving polls the file and
+    must never read half of one. The one writer of models.config (CLI, Dockerfile, the Kubernetes models Job)."""
+    path = root / MODELS_CONFIG
+    tmp = path.with_name(f".{MODELS_CONFIG}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(models_config(root, base_path))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

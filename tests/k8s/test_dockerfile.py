@@ -247,10 +247,12 @@ def test_pip_install_uses_constraints_without_torch(dockerfile, tmp_path):
     assert "pip show torch" in run, "the build should fail if anything still pulls torch in"
 
 
-def models_config_snippet(text: str) -> str:
-    m = re.search(r"python -c '([^']*models_config[^']*)'", text)
-    assert m, "no models.config writer"
-    return m.group(1)
+def models_config_command(text: str) -> list[str]:
+    """The one models.config writer (acg2vec_models.repository.write_models_config, behind the CLI), as called."""
+    assert "models_config(" not in text and 'models.config")' not in text, "an inline models.config writer"
+    m = re.search(r"acg2vec models write-config --repository (\S+) --base-path (\S+)", text)
+    assert m, "no `acg2vec models write-config` step"
+    return ["models", "write-config", "--repository", m.group(1), "--base-path", m.group(2)]
 
 
 def stage(stages: list[Stage], name: str) -> Stage:
@@ -308,23 +310,29 @@ def test_models_job_runs_the_trainer_image_with_a_writable_cache(overlay):
 
 @pytest.mark.parametrize("source", ["Dockerfile", "k8s Job acg2vec-models"])
 def test_models_config_writer_points_tfserving_at_the_mounted_repository(source, tmp_path):
-    pytest.importorskip("acg2vec_models.repository")
     if source == "Dockerfile":
         text = DOCKERFILE.read_text()
     else:
         job = find(build(REPO / "k8s" / "overlays" / "dev"), "Job", "acg2vec-models")
         text = " ".join(job["spec"]["template"]["spec"]["containers"][0]["args"])
-    snippet = models_config_snippet(text)
+    command = models_config_command(text)
+    assert command[3] == "/models" and command[5] == "/models", "TF-Serving and the server mount it at /models"
     for model in ("tagger", "illust2vec"):
         version = tmp_path / model / "1"
         version.mkdir(parents=True)
         (version / "saved_model.pb").write_bytes(b"")
-    local = snippet.replace('pathlib.Path("/models")', f'pathlib.Path("{tmp_path}")')
-    assert local != snippet
-    subprocess.run([sys.executable, "-c", local], check=True, timeout=60)
-    config = (tmp_path / "models.config").read_text()
-    assert 'base_path: "/models/tagger"' in config and 'base_path: "/models/illust2vec"' in config
-    assert not (tmp_path / ".models.config.tmp").exists()
+    command[3] = str(tmp_path)  # the same command on a local repository
+    out = subprocess.run([str(Path(sys.executable).with_name("acg2vec")), *command], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = text_format.Parse((tmp_path / "models.config").read_text(), model_server_config_pb2.ModelServerConfig())
+    assert {(c.name, c.base_path, c.model_platform) for c in config.model_config_list.config} == {
+        ("tagger", "/models/tagger", "tensorflow"),
+        ("illust2vec", "/models/illust2vec", "tensorflow"),
+    }
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["illust2vec", "models.config", "tagger"], "no temp file left"
 
 
 # --------------------------------------------------------------------------------------------- .dockerignore
