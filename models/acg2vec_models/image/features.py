@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from acg2vec_models.image.serving import preprocess_image
 from acg2vec_models.preprocessing import ImagePreprocessing
+from acg2vec_models.progress import ON_TERMINAL_ONLY
 
 Source = bytes | str | Path
 
@@ -41,7 +42,7 @@ def extract(
     signature = [tf.TensorSpec((None, prep.size, prep.size, 3), tf.float32)]
     run = tf.function(model, input_signature=signature)  # one trace, whatever the last batch's size
     chunks: dict[str, list[np.ndarray]] = {}
-    with tqdm(total=len(sources), desc=desc, unit="img", mininterval=2.0) as bar:
+    with tqdm(total=len(sources), desc=desc, unit="img", mininterval=2.0, disable=ON_TERMINAL_ONLY) as bar:
         for batch in dataset(sources, prep, batch_size):
             out = run(batch)
             for name, value in (out if isinstance(out, dict) else {"output": out}).items():

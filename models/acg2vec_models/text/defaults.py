@@ -19,6 +19,7 @@ from typing import Any
 
 from acg2vec_models import repository as repo
 from acg2vec_models.datasets import bangumi
+from acg2vec_models.progress import ON_TERMINAL_ONLY, on_terminal
 from acg2vec_models.text.train import TRAINING_CODE_VERSION, Recipe
 
 NAME = "acgvoc2vec"
@@ -121,7 +122,7 @@ def train_default(
     dataset = pairs_dataset(cache)
     base = base_model(cache)
     started = time.monotonic()
-    with tqdm(desc="training acgvoc2vec", unit="step", dynamic_ncols=True) as bar:
+    with tqdm(desc="training acgvoc2vec", unit="step", dynamic_ncols=True, disable=ON_TERMINAL_ONLY) as bar:
 
         def progress(step: int, total: int, loss: float) -> None:
             bar.total = total
@@ -152,7 +153,7 @@ def evaluate_folder(folder: Path, held_out: list[bangumi.Anime]) -> list[Any]:
 
     torch.set_num_threads(1)
     model = SentenceTransformer(str(folder), device="cpu", trust_remote_code=True)
-    return evaluate(lambda texts: model.encode(texts, batch_size=128), held_out)
+    return evaluate(lambda texts: model.encode(texts, batch_size=128, show_progress_bar=on_terminal()), held_out)
 
 
 def installed_fingerprint(root: Path) -> str | None:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from acg2vec_models import repository
+from acg2vec_models.progress import on_terminal
 from acg2vec_models.text.tokens import TextTokenizer, serving_definition
 
 # zh / ja / en (and a mixed one): the texts an import is checked on
@@ -181,7 +182,9 @@ def compare_with_sentence_transformers(folder: Path, saved_model: Path, texts: l
         from sentence_transformers import SentenceTransformer
     except ImportError:
         return None
-    reference = SentenceTransformer(str(folder), device="cpu", trust_remote_code=True).encode(texts)
+    reference = SentenceTransformer(str(folder), device="cpu", trust_remote_code=True).encode(
+        texts, show_progress_bar=on_terminal()
+    )
     ours = saved_model_vectors(saved_model, texts)
     a = reference / np.linalg.norm(reference, axis=1, keepdims=True)
     b = ours / np.linalg.norm(ours, axis=1, keepdims=True)

@@ -28,6 +28,7 @@ import numpy as np
 
 from acg2vec_models.image.popularity_bins import BOOKMARK_EDGES, SANITY_EDGES, VIEW_EDGES
 from acg2vec_models.metrics import classification_metrics, multi_hot, tagger_metrics
+from acg2vec_models.progress import ON_TERMINAL_ONLY
 from acg2vec_models.training.backbones import BackboneOptions, build_backbone
 from acg2vec_models.training.manifest import Example, read_manifest, split, vocabulary
 from acg2vec_models.training.optimizer import FusedAdam
@@ -266,7 +267,10 @@ def train(config: TrainConfig, echo: Callable[[str], None] = print) -> TrainResu
         rest = order[offset * config.batch_size :]
         examples = [run.train_set[i] for i in rest]
         batches = run.dataset(examples, run.targets[rest])
-        bar = tqdm(total=per_epoch, initial=offset, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step")
+        bar = tqdm(
+            total=per_epoch, initial=offset, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step",
+            disable=ON_TERMINAL_ONLY,
+        )  # fmt: skip
         with bar:
             for images, targets in _named_errors(batches, examples, config.batch_size):
                 loss = float(run.train_step(images, targets))
@@ -304,7 +308,7 @@ def evaluate(run: _Run, echo: Callable[[str], None]) -> dict[str, Any]:
     targets = multi_hot(run.held_out, run.tags) if config.task == "tagger" else deepix_bins(run.held_out)
     predictions: list[Any] = []
     batches = _named_errors(run.dataset(run.held_out, targets), run.held_out, config.batch_size)
-    for images, _ in tqdm(batches, desc="held-out evaluation", unit="batch"):
+    for images, _ in tqdm(batches, desc="held-out evaluation", unit="batch", disable=ON_TERMINAL_ONLY):
         predictions.append(run.model(images, training=False))
     if config.task == "tagger":
         scores = np.concatenate([np.asarray(p) for p in predictions])

@@ -261,7 +261,10 @@ async def run_index(
 
     total = await asyncio.to_thread(count_items, source, shard_index, shard_count)
     journal = Journal(journal_path)
-    bar = tqdm(total=total, unit="img", desc="indexing", disable=not progress, mininterval=0.5, file=sys.stderr)
+    # on a terminal only (disable=None: off when stderr is not a TTY, e.g. in a pod), and never with --no-progress
+    bar = tqdm(
+        total=total, unit="img", desc="indexing", disable=None if progress else True, mininterval=0.5, file=sys.stderr
+    )
     items = (i for i in source_items(source) if shard_of(i.id, shard_count) == shard_index)
     client = AsyncAcg2vecClient(target, retries=0, stream_timeout_s=None, **connection)
     try:
