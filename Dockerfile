@@ -2,7 +2,7 @@
 # acg2vec images. Two targets:
 #   docker build -t acg2vec:0.1.0 .                                    # the server; models mounted at /models
 #   docker build -t acg2vec:0.1.0 --build-arg BAKE_MODELS=1 .          # the server with the default models baked in
-#   docker build -t acg2vec-trainer:0.1.0 --target trainer .           # builds/trains models (PyTorch, Node.js)
+#   docker build -t acg2vec-trainer:0.1.0 --target trainer .           # builds/trains models (PyTorch)
 #   docker run -p 50051:50051 -p 9090:9090 -v "$PWD/var/models:/models:ro" -v "$PWD/secrets:/etc/acg2vec:ro" \
 #     -e ACG2VEC_AUTH_TOKENS_FILE=/etc/acg2vec/tokens -e ACG2VEC_TLS_CERT_FILE=/etc/acg2vec/tls.crt \
 #     -e ACG2VEC_TLS_KEY_FILE=/etc/acg2vec/tls.key acg2vec:0.1.0        # token auth is on by default (docs/security.md)
@@ -31,14 +31,11 @@ RUN grep -v -i -E '^torch([=<>!~ ;[]|$)' constraints.txt > /tmp/constraints-serv
 
 # ---------------------------------------------------------------------------------------------- trainer
 # What `acg2vec models build-defaults` needs beyond the server: PyTorch (the CPU build, from PyTorch's own CPU
-# index so that no CUDA build is ever pulled) and sentence-transformers to train the text model, Node.js and npm
-# to fetch nsfwjs and bangumi-data from the npm registry, and apt's package lists to fetch the openclipart
-# packages (`apt-get download`): the lists are kept on purpose.
+# index so that no CUDA build is ever pulled) and sentence-transformers to train the text model. Nothing else:
+# nsfwjs and bangumi-data come from the npm registry and the openclipart packages from the Debian mirror in the
+# image's /etc/apt/sources.list.d, over HTTPS, fetched and unpacked in Python (no npm, Node.js, apt or dpkg).
 FROM builder AS trainer
-# hadolint ignore=DL3008,DL3009
-RUN apt-get update \
- && apt-get install -y --no-install-recommends nodejs npm \
- && pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
+RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
  && pip install -c constraints.txt ./clients/python '.[train]' \
  && pip check \
  && groupadd --system --gid 10001 acg2vec \
@@ -46,7 +43,6 @@ RUN apt-get update \
  && mkdir -p /models /cache \
  && chown acg2vec:acg2vec /models /cache
 ENV HOME=/tmp \
-    npm_config_cache=/tmp/.npm \
     ACG2VEC_MODEL_REPOSITORY=/models
 WORKDIR /cache
 USER 10001:10001
@@ -62,7 +58,7 @@ RUN mkdir -p /models
 FROM trainer AS models-1
 RUN acg2vec models build-defaults --repository /models --cache-dir /tmp/acg2vec-cache \
  && acg2vec models write-config --repository /models --base-path /models \
- && rm -rf /tmp/acg2vec-cache /tmp/.npm
+ && rm -rf /tmp/acg2vec-cache
 
 # hadolint ignore=DL3006
 FROM models-${BAKE_MODELS} AS models

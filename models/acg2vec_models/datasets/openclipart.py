@@ -1,9 +1,9 @@
 """Open Clip Art Library (Debian's openclipart-png + openclipart-svg, public domain) as a tagged image set.
 
 The PNGs are the images; the keyword tags live in each SVG's RDF metadata (`dc:subject`). Both packages come
-from Debian's archive with `apt-get download` (a package registry, reachable here and on CI), are unpacked with
-`dpkg-deb -x`, and are described by one JSONL manifest that the tagger training, the benchmarks and the bulk
-indexer read.
+from Debian's archive (bookworm, from the mirror apt is configured with, over HTTPS, SHA256-checked) and are
+unpacked in Python (`acg2vec_models.registries.debian`: no apt or dpkg needed), and are described by one JSONL
+manifest that the tagger training, the benchmarks and the bulk indexer read.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ import json
 import random
 import re
 import shutil
-import subprocess
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from xml.etree import ElementTree
+
+from acg2vec_models.registries import debian
 
 PACKAGES = ("openclipart-png", "openclipart-svg")
 MANIFEST_NAME = "manifest.jsonl"
@@ -50,22 +51,16 @@ def fetch(cache_dir: Path | None = None) -> Path:
     manifest = cache_dir / MANIFEST_NAME
     if manifest.exists():
         return manifest
-    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
-        raise RuntimeError(
-            "openclipart comes from Debian's archive: this needs apt-get and dpkg-deb (a Debian or Ubuntu host), "
-            f"or unpack openclipart-png and openclipart-svg into {cache_dir} yourself"
-        )
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
-        result = subprocess.run(["apt-get", "download", *PACKAGES], cwd=tmp, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(
-                f"apt-get download {' '.join(PACKAGES)} failed: {result.stderr.strip()} "
-                "(on a fresh machine or container, run `apt-get update` first)"
-            )
-        for deb in sorted(Path(tmp).glob("*.deb")):
-            subprocess.run(["dpkg-deb", "-x", str(deb), str(cache_dir / "root")], check=True)
-    records = scan(cache_dir / "root" / "usr" / "share" / "openclipart")
+    root = cache_dir / "root"
+    if root.exists():  # an earlier run stopped half-way
+        shutil.rmtree(root)
+    with tempfile.TemporaryDirectory(dir=cache_dir) as downloads:
+        packages = debian.fetch_and_extract(list(PACKAGES), root, Path(downloads))
+    (cache_dir / "packages.json").write_text(
+        json.dumps({p.name: {"version": p.version, "sha256": p.sha256, "url": p.url} for p in packages.values()})
+    )
+    records = scan(root / "usr" / "share" / "openclipart")
     tmp_manifest = manifest.with_suffix(".tmp")
     write_manifest(records, tmp_manifest)
     tmp_manifest.replace(manifest)

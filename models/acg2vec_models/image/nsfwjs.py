@@ -3,19 +3,15 @@
 The npm package bundles each TF.js layers model as JavaScript: `models/<name>/model.min.js` exports
 `{modelTopology, weightsManifest}` (a Keras 2.2 functional model config) and every
 `group1-shard<i>of<n>.min.js` exports one base64 string, a shard of uint8-quantised weights
-(`value = q * scale + min`). We fetch the pinned package with `npm pack`, evaluate the bundles with Node.js,
-dequantise the weights and rebuild the layers in Keras 3. The classes are Drawing, Hentai, Neutral, Porn and
+(`value = q * scale + min`). We fetch the pinned package from the npm registry over HTTPS (integrity checked; no npm),
+read the literal each bundle exports in Python (`js_bundle`; no Node.js), dequantise the weights and rebuild the
+layers in Keras 3. The classes are Drawing, Hentai, Neutral, Porn and
 Sexy; the models take RGB / 255, stretched to 224 (MobileNetV2) or 299 (InceptionV3).
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
-import json
-import shutil
-import subprocess
-import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +21,13 @@ import keras
 import numpy as np
 from keras import layers
 
+from acg2vec_models.image import js_bundle
 from acg2vec_models.preprocessing import ImagePreprocessing
+from acg2vec_models.registries import npm
 
 PACKAGE = "nsfwjs"
 VERSION = "4.4.0"
-#: The registry's integrity hash of nsfwjs-4.4.0.tgz (`npm view nsfwjs@4.4.0 dist.integrity`).
+#: The registry's integrity of nsfwjs-4.4.0.tgz (`dist.integrity` of https://registry.npmjs.org/nsfwjs/4.4.0).
 INTEGRITY = "sha512-krC1fgeTLXtZwgdpKJ0jm7hqv0gTSRQQRL+FhOaxaJ9Wj92t42BO3csO2odwgTAgZgf2RvkwPtp0R8Aa7dc+MA=="
 CLASSES: tuple[str, ...] = ("Drawing", "Hentai", "Neutral", "Porn", "Sexy")
 INPUT_SIZES = {"mobilenet_v2": 224, "inception_v3": 299}
@@ -47,31 +45,16 @@ def default_cache_dir() -> Path:
 
 
 def fetch(cache_dir: Path | None = None) -> Path:
-    """Downloads the pinned nsfwjs tarball with `npm pack` once, checks its integrity, unpacks it; returns the
+    """Downloads the pinned nsfwjs tarball from the npm registry once, checks its integrity, unpacks it; returns the
     folder holding `models/<name>/`."""
     cache_dir = (cache_dir or default_cache_dir()).resolve()
     target = cache_dir / f"{PACKAGE}-{VERSION}"
     models = target / "package" / "dist" / "models"
     if (target / ".complete").exists():
         return models
-    if shutil.which("npm") is None:
-        raise RuntimeError("nsfwjs comes from the npm registry: install Node.js and npm (apt-get install nodejs npm)")
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
-        result = subprocess.run(
-            ["npm", "pack", f"{PACKAGE}@{VERSION}", "--silent"], cwd=tmp, capture_output=True, text=True
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"npm pack {PACKAGE}@{VERSION} failed: {result.stderr.strip()}")
-        tarball = Path(tmp) / f"{PACKAGE}-{VERSION}.tgz"
-        algorithm, expected = INTEGRITY.split("-", 1)
-        digest = base64.b64encode(hashlib.new(algorithm, tarball.read_bytes()).digest()).decode()
-        if digest != expected:
-            raise RuntimeError(f"{tarball.name}: integrity mismatch ({algorithm} {digest}, expected {expected})")
-        if target.exists():
-            shutil.rmtree(target)
-        with tarfile.open(tarball) as tar:
-            tar.extractall(target, filter="data")
+        npm.unpack(npm.fetch_tarball(PACKAGE, VERSION, INTEGRITY, Path(tmp)), target)
     (target / ".complete").write_text(INTEGRITY)
     return models
 
@@ -82,33 +65,23 @@ class TfjsModel:
     weights: dict[str, np.ndarray]
 
 
-_NODE_DUMP = r"""
-const fs = require("fs");
-const dir = process.argv[1];
-const bundle = require(dir + "/model.min.js");
-const shards = bundle.weightsManifest.flatMap(group => group.paths.map(p => require(dir + "/" + p + ".min.js")));
-fs.writeSync(1, JSON.stringify({topology: bundle.modelTopology, manifest: bundle.weightsManifest, shards}));
-"""
-
-
 def read_bundle(model_dir: Path) -> TfjsModel:
-    """Evaluates a model folder's bundles with Node.js and decodes its (possibly quantised) weights."""
-    if shutil.which("node") is None:
-        raise RuntimeError("reading the nsfwjs bundles needs Node.js: apt-get install nodejs")
-    result = subprocess.run(
-        ["node", "-e", _NODE_DUMP, str(model_dir.resolve())], capture_output=True, check=False, text=True
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"node could not evaluate {model_dir}: {result.stderr.strip()[-500:]}")
-    dump = json.loads(result.stdout)
-    data = b"".join(base64.b64decode(s) for s in dump["shards"])
+    """Reads a model folder's bundles (model.min.js and its weight shards) and decodes the (quantised) weights."""
+    bundle = js_bundle.exported_value((model_dir / "model.min.js").read_text(encoding="utf-8"))
+    manifest = bundle["weightsManifest"]
+    shards = [
+        js_bundle.exported_value((model_dir / f"{path}.min.js").read_text(encoding="utf-8"))
+        for group in manifest
+        for path in group["paths"]
+    ]
+    data = b"".join(base64.b64decode(shard, validate=True) for shard in shards)
     weights, offset = {}, 0
-    for group in dump["manifest"]:
+    for group in manifest:
         for spec in group["weights"]:
             weights[spec["name"]], offset = _decode_weight(spec, data, offset)
     if offset != len(data):
         raise ValueError(f"{model_dir}: the manifest uses {offset} of {len(data)} weight bytes")
-    return TfjsModel(dump["topology"], weights)
+    return TfjsModel(bundle["modelTopology"], weights)
 
 
 def _decode_weight(spec: dict[str, Any], data: bytes, offset: int) -> tuple[np.ndarray, int]:
