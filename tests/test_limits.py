@@ -258,8 +258,7 @@ async def test_request_bytes_that_do_not_parse_are_invalid_argument(app, stubs):
 
 
 async def test_a_stream_stops_on_the_server_when_the_client_cancels(stubs):
-    method = "/acg2vec.v1.TaggingService/StreamTagImages"
-    in_flight = IN_FLIGHT.labels(method)
+    in_flight = IN_FLIGHT.labels("bidi_stream", "acg2vec.v1.TaggingService", "StreamTagImages")
     sent = 0
 
     async def requests() -> AsyncIterator[tagging_pb2.StreamTagImagesRequest]:
