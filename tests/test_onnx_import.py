@@ -1,0 +1,220 @@
+"""ONNX taggers: tiny random-weight models of each published family (tests/onnx_sources.py), exported with each
+source's interface, go through `import_onnx_tagger`; the SavedModel fed encoded bytes must give onnxruntime's
+probabilities on the source's own preprocessing (written here with Pillow, as each source's code does it) within
+1e-4, on the real illustrations and the test image. The in-graph preprocessing is also compared with those
+references value for value, and the real server serves one imported tagger."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from acg2vec.v1 import common_pb2, tagging_pb2
+from acg2vec_models.importers import ImportFailed
+from acg2vec_models.importers.onnx_tagger import INTERFACES, ImportedTagger, import_onnx_tagger, read_camie_tags
+from acg2vec_models.preprocessing import preprocess_batch
+from acg2vec_models.vocab import read_selected_tags_csv, read_tags_txt
+from tests.helpers import ROOT, SAMPLE_PNG, SHARED_IMAGES, copy_repository, dev_model_repository
+from tests.model_server import serving
+from tests.onnx_sources import cached_sources
+
+TOLERANCE = 1e-4
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def _encode(image: Image.Image, fmt: str) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return out.getvalue()
+
+
+def _images() -> list[bytes]:
+    """The four real illustrations, the test image (RGBA, 320 x 240), and three made from the illustrations: a wide
+    JPEG crop, a tall grayscale PNG, a small picture (upscaled by the sources that resize up)."""
+    real = [p.read_bytes() for p in sorted(SHARED_IMAGES.glob("*.jpg"))]
+    chika, kyouko, marin = (Image.open(SHARED_IMAGES / f"{n}.jpg") for n in ("chika", "kyouko", "marin"))
+    return [
+        *real,
+        SAMPLE_PNG.read_bytes(),
+        _encode(chika.crop((0, 250, 1200, 950)), "JPEG"),
+        _encode(kyouko.crop((200, 0, 617, 817)).convert("L"), "PNG"),
+        _encode(marin.resize((300, 210), Image.Resampling.BICUBIC), "PNG"),
+    ]
+
+
+IMAGES = _images()
+
+
+# ---------------------------------------------------------------- the sources' preprocessing, as their code does it
+def wd_v3_input(encoded: bytes, size: int = 448) -> np.ndarray:
+    """SmilingWolf's wd-tagger app: RGBA composited on white, pad to a white square of side max(w, h) (left/top =
+    delta // 2), Pillow BICUBIC to size when the side differs, float32 0..255, RGB -> BGR; NHWC."""
+    image = Image.open(io.BytesIO(encoded)).convert("RGBA")
+    canvas = Image.new("RGBA", image.size, (255, 255, 255))
+    canvas.alpha_composite(image)
+    image = canvas.convert("RGB")
+    side = max(image.size)
+    padded = Image.new("RGB", (side, side), (255, 255, 255))
+    padded.paste(image, ((side - image.size[0]) // 2, (side - image.size[1]) // 2))
+    if side != size:
+        padded = padded.resize((size, size), Image.BICUBIC)
+    return np.asarray(padded, dtype=np.float32)[:, :, ::-1]
+
+
+def camie_v2_input(encoded: bytes, size: int = 512) -> np.ndarray:
+    """Camie v2's inference code: RGBA / P converted to RGB (alpha dropped), the longer side to size keeping the
+    aspect ratio (int() of the other), LANCZOS, pasted centred on (124, 116, 104), / 255, ImageNet mean / std;
+    NCHW."""
+    image = Image.open(io.BytesIO(encoded))
+    if image.mode in ("RGBA", "P"):
+        image = image.convert("RGB")
+    width, height = image.size
+    aspect = width / height
+    if aspect > 1:
+        new_w, new_h = size, int(size / aspect)
+    else:
+        new_h, new_w = size, int(size * aspect)
+    image = image.resize((new_w, new_h), Image.Resampling.LANCZOS)
+    canvas = Image.new("RGB", (size, size), (124, 116, 104))
+    canvas.paste(image, ((size - new_w) // 2, (size - new_h) // 2))
+    x = np.asarray(canvas, dtype=np.float32) / 255.0
+    return ((x - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
+
+
+def pixai_input(encoded: bytes, size: int = 448) -> np.ndarray:
+    """PixAI's handler: RGBA (or P) pasted on white with its alpha as mask, else convert("RGB"); torchvision
+    Resize((448, 448)) = Pillow BILINEAR; ToTensor (/ 255); Normalize(0.5, 0.5); NCHW."""
+    image = Image.open(io.BytesIO(encoded))
+    if image.mode in ("RGBA", "P"):
+        image = image.convert("RGBA")
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image, mask=image.split()[3])
+        image = background
+    else:
+        image = image.convert("RGB")
+    x = np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
+    return ((x - np.float32(0.5)) / np.float32(0.5)).transpose(2, 0, 1)
+
+
+def deepdanbooru_input(encoded: bytes, size: int = 512) -> np.ndarray:
+    from tests.source_models import deepdanbooru_reference_input
+
+    return deepdanbooru_reference_input(encoded, size)
+
+
+REFERENCE_INPUT = {"wd-v3": wd_v3_input, "camie-v2": camie_v2_input, "pixai": pixai_input,
+                   "deepdanbooru": deepdanbooru_input}  # fmt: skip
+#: source folder -> (interface it must be detected as, output compared, the output is logits)
+SOURCES = {
+    "wd-vit": ("wd-v3", "output", False),
+    "wd-eva02": ("wd-v3", "output", False),
+    "wd-swinv2": ("wd-v3", "output", False),
+    "wd-convnext": ("wd-v3", "output", False),
+    "camie-v2": ("camie-v2", "refined_predictions", True),
+    "pixai": ("pixai", "prediction", False),
+    "deepdanbooru": ("deepdanbooru", "activation_1", False),
+}
+
+
+@pytest.fixture(scope="module")
+def sources() -> dict[str, Path]:
+    return cached_sources(ROOT / ".cache")
+
+
+@pytest.fixture(scope="module")
+def imported(sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, ImportedTagger]:
+    repo = tmp_path_factory.mktemp("onnx-repo")
+    return {source: import_onnx_tagger(sources[source], repo, name=source) for source in SOURCES}
+
+
+def onnxruntime_probabilities(model_file: Path, interface: str, output: str, logits: bool) -> np.ndarray:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    batch = np.stack([REFERENCE_INPUT[interface](b) for b in IMAGES])
+    (result,) = session.run([output], {session.get_inputs()[0].name: batch})
+    return 1.0 / (1.0 + np.exp(-result.astype(np.float64))) if logits else result
+
+
+@pytest.mark.parametrize("source", list(SOURCES))
+def test_imported_onnx_tagger_gives_onnxruntime_probabilities_on_encoded_images(source, sources, imported):
+    interface, output, logits = SOURCES[source]
+    result = imported[source]
+    assert result.interface == interface and result.output_name == output
+    model_file = next(sources[source].glob("*.onnx"))
+    expected = onnxruntime_probabilities(model_file, interface, output, logits)
+    served = tf.saved_model.load(str(result.path)).signatures["serving_default"]
+    scores = served(image_bytes=tf.constant(IMAGES))["scores"].numpy()
+    assert scores.shape == expected.shape == (len(IMAGES), result.tags)
+    assert np.abs(scores - expected).max() < TOLERANCE
+    # the probabilities vary from image to image, so agreeing on them means something
+    assert expected.std(axis=0).mean() > 0.005
+
+
+@pytest.mark.parametrize("interface", list(INTERFACES))
+def test_in_graph_preprocessing_matches_the_sources_code(interface):
+    prep = INTERFACES[interface].preprocessing(INTERFACES[interface].default_size)
+    ours = preprocess_batch(tf.constant(IMAGES), prep).numpy()
+    reference = np.stack([REFERENCE_INPUT[interface](b) for b in IMAGES])
+    if INTERFACES[interface].layout == "NCHW":
+        reference = reference.transpose(0, 2, 3, 1)
+    tolerance = 2e-5 if interface == "deepdanbooru" else 1e-6  # float rounding of the normalisation only
+    assert np.abs(ours - reference).max() <= tolerance
+
+
+def test_labels_carry_the_tag_files_names_and_categories(sources, imported):
+    def labels(path: Path) -> tuple[list[str], list[str]]:
+        out = tf.saved_model.load(str(path)).signatures["labels"]()
+        return [n.decode() for n in out["names"].numpy()], [c.decode() for c in out["categories"].numpy()]
+
+    names, categories = labels(imported["wd-eva02"].path)
+    csv = read_selected_tags_csv(sources["wd-eva02"] / "selected_tags.csv")
+    assert names == [t.name for t in csv] and categories == [t.category for t in csv]
+    assert names[:4] == ["general", "sensitive", "questionable", "explicit"] and set(categories[:4]) == {"rating"}
+    names, categories = labels(imported["camie-v2"].path)
+    camie = read_camie_tags(sources["camie-v2"] / "camie-tagger-v2-metadata.json")
+    assert names == [t.name for t in camie] and categories == [t.category for t in camie]
+    assert "year" not in categories and {"rating", "character", "general", "meta"} <= set(categories)
+    names, _ = labels(imported["deepdanbooru"].path)
+    assert names == [t.name for t in read_tags_txt(sources["deepdanbooru"] / "tags.txt")]
+
+
+def test_import_refuses_what_does_not_fit(sources, tmp_path):
+    with pytest.raises(ImportFailed, match="takes float32 NHWC"):
+        import_onnx_tagger(sources["pixai"], tmp_path / "repo", interface="wd-v3")
+    folder = tmp_path / "no-tags"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes((sources["wd-vit"] / "model.onnx").read_bytes())
+    with pytest.raises(ImportFailed, match="cannot tell which tagger"):
+        import_onnx_tagger(folder, tmp_path / "repo")
+    (folder / "selected_tags.csv").write_text("tag_id,name,category,count\n1,solo,0,5\n", encoding="utf-8")
+    with pytest.raises(ImportFailed, match="lists 1 tags"):
+        import_onnx_tagger(folder, tmp_path / "repo")
+    assert not (tmp_path / "repo" / "tagger").exists()
+
+
+async def test_the_server_tags_with_an_imported_onnx_tagger(imported, tmp_path, redis_server):
+    """The real server over a repository holding the imported EVA02 tagger: its scores, categories and ratings."""
+    result = imported["wd-eva02"]
+    repo = copy_repository(dev_model_repository(), tmp_path / "repo", only=["illust2vec", "deepix", "acgvoc2vec"])
+    (repo / "tagger").mkdir()
+    (repo / "tagger" / "1").symlink_to(result.path)
+    scores = tf.saved_model.load(str(result.path)).signatures["serving_default"](image_bytes=tf.constant(IMAGES[:1]))
+    scores = scores["scores"].numpy()[0]
+    async with serving(repo, tmp_path / "data", redis_server.url, "onnx:v1") as stubs:
+        loose = tagging_pb2.CategoryThresholds(general=0.0, character=0.0)
+        response = await stubs.tagging.TagImage(
+            tagging_pb2.TagImageRequest(image=IMAGES[0], options=tagging_pb2.TagOptions(thresholds=loose, top_k=20))
+        )
+    tags = response.result.tags
+    ranked = np.argsort(-scores[4:], kind="stable")[:20] + 4  # the first four are WD's rating tags
+    np.testing.assert_allclose([t.score for t in tags], scores[ranked], atol=1e-5)
+    assert response.result.rating in (common_pb2.RATING_GENERAL, common_pb2.RATING_SENSITIVE,
+                                      common_pb2.RATING_QUESTIONABLE, common_pb2.RATING_EXPLICIT)  # fmt: skip
+    assert len(response.result.rating_scores) == 4 and response.result.model.name == "tagger"
