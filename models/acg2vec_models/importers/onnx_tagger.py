@@ -257,4 +257,3 @@ def import_onnx_tagger(
         name=name, version=int(target.name), path=target, interface=chosen, input_name=input_name,
         input_shape=tuple(image_input.shape or ()), output_name=output, tags=len(entries), op_types=graph.op_types,
     )  # fmt: skip
-
