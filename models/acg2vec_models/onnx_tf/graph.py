@@ -39,7 +39,7 @@ class TensorInfo:
     """A graph input or output: name, TensorFlow dtype and shape (None for a symbolic or unknown dimension)."""
 
     name: str
-    dtype: tf.DType
+    dtype: tf.DType | None  # None when the model does not declare it (outputs may leave it to inference)
     shape: tuple[int | None, ...] | None
 
 
@@ -62,7 +62,8 @@ def _tensor_info(value_info: Any) -> TensorInfo:
     from onnx import helper
 
     tensor_type = value_info.type.tensor_type
-    dtype = tf.as_dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+    code = tensor_type.elem_type
+    dtype = tf.as_dtype(helper.tensor_dtype_to_np_dtype(code)) if code else None
     shape = None
     if tensor_type.HasField("shape"):
         shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
@@ -92,13 +93,15 @@ class _Plain:
 class OnnxGraph(tf.Module):
     """Callable with the graph inputs as keyword arguments; returns {output name: tensor}."""
 
-    def __init__(self, path: Path | str):
+    def __init__(self, source: Path | str | bytes):
+        """source: an .onnx file (external data, model.onnx.data, is read from its folder) or a serialised model."""
         super().__init__(name="onnx_graph")
         import onnx
 
         from acg2vec_models.onnx_tf.ops import HANDLERS, Context
 
-        model = onnx.load(str(path))  # external data (model.onnx.data) is read from the model's folder
+        model = onnx.load_from_string(source) if isinstance(source, bytes) else onnx.load(str(source))
+        path = "the model" if isinstance(source, bytes) else str(source)
         self.opset = {o.domain or "ai.onnx": int(o.version) for o in model.opset_import}
         graph = model.graph
         nodes = [

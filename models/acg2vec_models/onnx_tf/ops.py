@@ -722,14 +722,15 @@ def _conv(ctx: Context, x: Any, w: Any, b: Any = None) -> Any:
     else:
         raise ctx.fail(f"{rank - 2}-D convolutions are not supported")
     kernel = w.shape.as_list()[2:]
-    strides = list(ctx.attr("strides") or [1, 1])
-    dilations = list(ctx.attr("dilations") or [1, 1])
+    spatial = rank - 2
+    strides = list(ctx.attr("strides") or [1] * spatial)
+    dilations = list(ctx.attr("dilations") or [1] * spatial)
     if squeeze:
         strides, dilations = [1, *strides], [1, *dilations]
         pads_attr = ctx.attr("pads")
         if pads_attr:
-            ctx = Context(Node(ctx.node.op, ctx.node.name, ctx.node.inputs, ctx.node.outputs,
-                               {**ctx.node.attrs, "pads": [0, pads_attr[0], 0, pads_attr[1]]}), ctx.opset)  # fmt: skip
+            attrs = {**ctx.node.attrs, "pads": [0, pads_attr[0], 0, pads_attr[1]]}
+            ctx = Context(Node(ctx.node.op, ctx.node.name, ctx.node.inputs, ctx.node.outputs, attrs), ctx.opset)
     pads = _spatial_pads(ctx, x, kernel, strides, dilations)
     group = int(ctx.attr("group", 1))
     channels = x.shape[1]
