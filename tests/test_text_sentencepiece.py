@@ -24,7 +24,8 @@ TITLES = [
 ]  # fmt: skip
 #: checked texts: seen and unseen words, runs of spaces, full-width forms, characters outside the vocabulary
 TEXTS = [
-    *TITLES[:6], "long hair, blue eyes, school uniform", "  leading and   inner   spaces ", "Ｆｕｌｌｗｉｄｔｈ ＡＢＣ１２３",
+    *TITLES[:6], "long hair, blue eyes, school uniform", "  leading and   inner   spaces ",
+    "Ｆｕｌｌｗｉｄｔｈ ＡＢＣ１２３",
     "ｶﾀｶﾅ ① ②", "咕噜咕噜魔法阵", "emoji 🎸 and ♪", "a girl with a red umbrella in the rain", "",
     " ".join(TITLES),  # longer than max_seq_length: truncated the same way
 ]  # fmt: skip
