@@ -132,6 +132,24 @@ CASES: dict[str, tuple[bytes, dict[str, np.ndarray]]] = {
     "globalmaxpool": (graph("GlobalMaxPool", {"x": (F, ["N", 2, 3, 3])}, ["y"]), {"x": _x(2, 2, 3, 3)}),
     "reshape-zero-and-minus-one": (graph("Reshape", {"x": (F, ["N", 2, 6])}, ["y"], constants={
         "s": np.array([0, -1, 3], np.int64)}), {"x": _x(3, 2, 6)}),
+    "resize-cubic-pytorch": (graph("Resize", {"x": (F, ["N", 2, 5, 7])}, ["y"], mode="cubic",
+                                   coordinate_transformation_mode="pytorch_half_pixel", constants={
+        "r": np.zeros(0, np.float32), "s": np.zeros(0, np.float32), "z": np.array([2, 2, 9, 4], np.int64)}),
+        {"x": _x(2, 2, 5, 7)}),
+    "resize-cubic-exclude-outside": (graph("Resize", {"x": (F, [1, 1, 6, 6])}, ["y"], mode="cubic",
+                                           cubic_coeff_a=-0.5, exclude_outside=1, constants={
+        "r": np.zeros(0, np.float32), "s": np.array([1, 1, 1.5, 0.5], np.float32)}), {"x": _x(1, 1, 6, 6)}),
+    "resize-linear-align-corners": (graph("Resize", {"x": (F, ["N", 1, 4, 5])}, ["y"], mode="linear",
+                                          coordinate_transformation_mode="align_corners", constants={
+        "r": np.zeros(0, np.float32), "s": np.zeros(0, np.float32), "z": np.array([2, 1, 7, 3], np.int64)}),
+        {"x": _x(2, 1, 4, 5)}),
+    "resize-nearest-asymmetric": (graph("Resize", {"x": (F, ["N", 1, 3, 4])}, ["y"], mode="nearest",
+                                        coordinate_transformation_mode="asymmetric", nearest_mode="floor",
+                                        constants={"r": np.zeros(0, np.float32),
+                                                   "s": np.array([1, 1, 2, 1.5], np.float32)}), {"x": _x(2, 1, 3, 4)}),
+    "resize-nearest-half-pixel": (graph("Resize", {"x": (F, ["N", 1, 5, 5])}, ["y"], constants={
+        "r": np.zeros(0, np.float32), "s": np.zeros(0, np.float32), "z": np.array([2, 1, 3, 8], np.int64)}),
+        {"x": _x(2, 1, 5, 5)}),
     "range-folded": (graph("Range", {}, ["y"], constants={"a": np.array(1.0, np.float32),
                      "b": np.array(4.0, np.float32), "d": np.array(0.5, np.float32)}), {}),
 }  # fmt: skip
@@ -160,7 +178,7 @@ def test_op_matches_onnxruntime(case):
 
 
 def test_unsupported_ops_are_named_before_anything_is_converted():
-    model = graph("Resize", {"x": (F, [1, 1, 2, 2])}, ["y"], constants={"r": np.zeros(0, np.float32),
-                  "s": np.array([1, 1, 2, 2], np.float32)}, mode="linear")  # fmt: skip
-    with pytest.raises(UnsupportedOnnx, match="does not implement: Resize"):
+    model = graph("ScatterND", {"x": (F, [4])}, ["y"], constants={"i": np.array([[1]], np.int64),
+                  "u": np.array([5.0], np.float32)})  # fmt: skip
+    with pytest.raises(UnsupportedOnnx, match="does not implement: ScatterND"):
         OnnxGraph(model)

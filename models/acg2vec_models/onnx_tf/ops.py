@@ -813,3 +813,114 @@ def _global_pool(ctx: Context, x: Any) -> Any:
     axes = list(range(2, _rank(ctx, x)))
     fn = tf.reduce_mean if ctx.node.op == "GlobalAveragePool" else tf.reduce_max
     return fn(x, axis=axes, keepdims=True)
+
+
+# ---------------------------------------------------------------- Resize (static sizes: e.g. position tables)
+
+
+def _source_coordinates(ctx: Context, out_len: int, in_len: int, scale: float) -> np.ndarray:
+    x = np.arange(out_len, dtype=np.float64)
+    mode = ctx.attr("coordinate_transformation_mode", "half_pixel")
+    if mode == "half_pixel":
+        return (x + 0.5) / scale - 0.5
+    if mode == "pytorch_half_pixel":
+        return (x + 0.5) / scale - 0.5 if out_len > 1 else np.zeros_like(x)
+    if mode == "align_corners":
+        return x * (in_len - 1) / (out_len - 1) if out_len > 1 else np.zeros_like(x)
+    if mode == "asymmetric":
+        return x / scale
+    if mode == "tf_half_pixel_for_nn":
+        return (x + 0.5) / scale
+    raise ctx.fail(f"coordinate_transformation_mode {mode!r} is not supported")
+
+
+def _cubic(t: np.ndarray, a: float) -> np.ndarray:
+    t = np.abs(t)
+    near = ((a + 2) * t - (a + 3)) * t * t + 1
+    far = ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
+    return np.where(t <= 1, near, np.where(t < 2, far, 0.0))
+
+
+def _resize_matrix(ctx: Context, in_len: int, out_len: int, scale: float) -> np.ndarray:
+    """[out_len, in_len] weights of one axis, as onnxruntime computes them (no antialias)."""
+    mode = ctx.attr("mode", "nearest")
+    x = _source_coordinates(ctx, out_len, in_len, scale)
+    weights = np.zeros((out_len, in_len), dtype=np.float64)
+    rows = np.arange(out_len)
+    if mode == "nearest":
+        rounding = ctx.attr("nearest_mode", "round_prefer_floor")
+        if rounding == "round_prefer_floor":
+            index = np.where(x == np.floor(x) + 0.5, np.floor(x), np.round(x))
+        elif rounding == "round_prefer_ceil":
+            index = np.where(x == np.floor(x) + 0.5, np.ceil(x), np.round(x))
+        elif rounding == "floor":
+            index = np.floor(x)
+        elif rounding == "ceil":
+            index = np.ceil(x)
+        else:
+            raise ctx.fail(f"nearest_mode {rounding!r} is not supported")
+        weights[rows, np.clip(index, 0, in_len - 1).astype(int)] = 1.0
+        return weights
+    if mode == "linear":
+        x = np.clip(x, 0, in_len - 1)
+        low = np.floor(x).astype(int)
+        high = np.minimum(low + 1, in_len - 1)
+        frac = x - low
+        np.add.at(weights, (rows, low), 1.0 - frac)
+        np.add.at(weights, (rows, high), frac)
+        return weights
+    if mode == "cubic":
+        a = ctx.attr("cubic_coeff_a", -0.75)
+        base = np.floor(x).astype(int)
+        for offset in (-1, 0, 1, 2):
+            index = base + offset
+            w = _cubic(x - index, a)
+            if ctx.attr("exclude_outside", 0):
+                w = np.where((index < 0) | (index >= in_len), 0.0, w)
+            np.add.at(weights, (rows, np.clip(index, 0, in_len - 1)), w)
+        if ctx.attr("exclude_outside", 0):
+            weights /= weights.sum(axis=1, keepdims=True)
+        return weights
+    raise ctx.fail(f"mode {mode!r} is not supported")
+
+
+@op("Resize", "Upsample")
+def _resize(ctx: Context, x: Any, roi: Any = None, scales: Any = None, sizes: Any = None) -> Any:
+    x = _t(x)
+    if ctx.node.op == "Upsample" or ctx.version < 11:  # (X, scales): asymmetric coordinates, no roi
+        roi, scales, sizes = None, roi, None
+        ctx = Context(Node(ctx.node.op, ctx.node.name, ctx.node.inputs, ctx.node.outputs,
+                           {"coordinate_transformation_mode": "asymmetric", **ctx.node.attrs}), ctx.opset)  # fmt: skip
+    if (
+        ctx.attr("antialias", 0)
+        or ctx.attr("axes") is not None
+        or ctx.attr("keep_aspect_ratio_policy", "stretch") != "stretch"
+    ):
+        raise ctx.fail("antialias, axes and keep_aspect_ratio_policy are not supported")
+    if ctx.attr("coordinate_transformation_mode", "half_pixel") == "tf_crop_and_resize":
+        raise ctx.fail("tf_crop_and_resize is not supported")
+    in_shape = x.shape.as_list()
+    if any(d is None for d in in_shape[2:]) or len(in_shape) < 3:
+        raise ctx.fail("resizing needs static spatial sizes")
+    size_values = _maybe_static(sizes)
+    scale_values = _maybe_static(scales)
+    if size_values is not None and size_values.size:
+        out = [int(v) for v in size_values]
+        factors = [o / i if i else 1.0 for o, i in zip(out[2:], in_shape[2:], strict=True)]
+        if any(d is not None and d != o for d, o in zip(in_shape[:2], out[:2], strict=True)):
+            raise ctx.fail("only the spatial axes may be resized")
+    elif scale_values is not None and scale_values.size:
+        factors = [float(v) for v in scale_values[2:]]
+        out = [*in_shape[:2], *[int(np.floor(i * f)) for i, f in zip(in_shape[2:], factors, strict=True)]]
+        if any(float(v) != 1.0 for v in scale_values[:2]):
+            raise ctx.fail("only the spatial axes may be resized")
+    else:
+        raise ctx.fail("scales or sizes must be constants")
+    y = x
+    for k, (axis_in, axis_out, factor) in enumerate(zip(in_shape[2:], out[2:], factors, strict=True)):
+        if axis_in == axis_out and factor == 1.0:
+            continue
+        matrix = tf.constant(_resize_matrix(ctx, axis_in, axis_out, factor), dtype=x.dtype)
+        axis = 2 + k
+        y = tf.experimental.numpy.moveaxis(tf.tensordot(y, matrix, axes=[[axis], [1]]), -1, axis)
+    return y
