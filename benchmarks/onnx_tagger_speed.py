@@ -1,11 +1,11 @@
 """Speed of a full-size EVA02-Large WD v3 tagger imported through the ONNX route (prints numbers; not a test).
 
 The model is timm's eva02_large_patch14_448 shape (24 blocks, width 1024, 16 heads, SwiGLU, rotary embedding;
-tests/onnx_sources.py's EVA02 at full size) with random weights -- its speed does not depend on them --, exported
-to ONNX in WD v3's interface (NHWC 448 BGR, sigmoid out) and imported with `import_onnx_tagger`. Measured:
-images/s through the SavedModel's serving signature in-process on encoded JPEGs (Pillow-exact preprocessing in
-the graph included), at batch 1 and 8; with --onnxruntime also onnxruntime on the same ONNX file and already
-preprocessed input, for reference. The export and the import are cached in --work.
+tests/support/onnx_sources.py's EVA02 at full size) with random weights -- its speed does not depend on them --,
+exported to ONNX in WD v3's interface (NHWC 448 BGR, sigmoid out) and imported with `import_onnx_tagger`.
+Measured: images/s through the SavedModel's serving signature in-process on encoded JPEGs (Pillow-exact
+preprocessing in the graph included), at batch 1 and 8; with --onnxruntime also onnxruntime on the same ONNX file
+and already preprocessed input, for reference. The export and the import are cached in --work.
 
     nice .venv/bin/python benchmarks/onnx_tagger_speed.py [--work .cache/bench-eva02-large] [--onnxruntime]
 """
@@ -31,7 +31,7 @@ def export(work: Path) -> Path:
     import torch
 
     from acg2vec_models.vocab import WD14_SELECTED_TAGS
-    from tests.onnx_sources import Eva, NhwcProbabilities, _export, wd_tags
+    from tests.support.onnx_sources import Eva, NhwcProbabilities, _export, wd_tags
 
     folder = work / "source"
     if (folder / ".complete").exists():

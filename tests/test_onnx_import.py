@@ -1,4 +1,4 @@
-"""ONNX taggers: tiny random-weight models of each published family (tests/onnx_sources.py), exported with each
+"""ONNX taggers: tiny random-weight models of each published family (tests/support/onnx_sources.py), exported with each
 source's interface, go through `import_onnx_tagger`; the SavedModel fed encoded bytes must give onnxruntime's
 probabilities on the source's own preprocessing (written here with Pillow, as each source's code does it) within
 1e-4, on the real illustrations and the test image. The in-graph preprocessing is also compared with those
@@ -19,9 +19,10 @@ from acg2vec_models.importers import ImportFailed
 from acg2vec_models.importers.onnx_tagger import INTERFACES, ImportedTagger, import_onnx_tagger, read_camie_tags
 from acg2vec_models.preprocessing import preprocess_batch
 from acg2vec_models.vocab import read_selected_tags_csv, read_tags_txt
-from tests.helpers import ROOT, SAMPLE_PNG, SHARED_IMAGES, copy_repository, dev_model_repository
-from tests.model_server import serving
-from tests.onnx_sources import cached_sources
+from acg2vec_testing.model_repository import copy_repository, dev_model_repository
+from acg2vec_testing.paths import ROOT, SAMPLE_PNG, SHARED_IMAGES
+from tests.support.onnx_sources import cached_sources
+from tests.support.servers import serving
 
 TOLERANCE = 1e-4
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -103,7 +104,7 @@ def pixai_input(encoded: bytes, size: int = 448) -> np.ndarray:
 
 
 def deepdanbooru_input(encoded: bytes, size: int = 512) -> np.ndarray:
-    from tests.source_models import deepdanbooru_reference_input
+    from tests.support.source_models import deepdanbooru_reference_input
 
     return deepdanbooru_reference_input(encoded, size)
 
