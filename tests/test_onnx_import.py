@@ -7,18 +7,22 @@ references value for value, and the real server serves one imported tagger."""
 from __future__ import annotations
 
 import io
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from click.testing import CliRunner
 from PIL import Image
 
 from acg2vec.v1 import common_pb2, tagging_pb2
 from acg2vec_models.importers import ImportFailed
-from acg2vec_models.importers.onnx_tagger import INTERFACES, ImportedTagger, import_onnx_tagger, read_camie_tags
+from acg2vec_models.importers.onnx_tagger import INTERFACES, import_onnx_tagger, read_camie_tags
 from acg2vec_models.preprocessing import preprocess_batch
 from acg2vec_models.vocab import read_selected_tags_csv, read_tags_txt
+from acg2vec_server.cli.main import main
 from acg2vec_testing.model_repository import copy_repository, dev_model_repository
 from acg2vec_testing.paths import ROOT, SAMPLE_PNG, SHARED_IMAGES
 from tests.support.onnx_sources import cached_sources
@@ -128,10 +132,41 @@ def sources() -> dict[str, Path]:
     return cached_sources(ROOT / ".cache")
 
 
+@dataclass(frozen=True)
+class CliImport:
+    """What `acg2vec models import onnx` printed about one import."""
+
+    interface: str
+    input: str
+    output_name: str
+    tags: int
+    path: Path
+    difference: float | None  # from onnxruntime, when the command compared
+
+
+def cli_import(source: Path, repo: Path, name: str, *flags: str) -> CliImport:
+    result = CliRunner().invoke(main, ["models", "import", "onnx", str(source), "--repository", str(repo), "--name",
+                                       name, *flags])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = dict(line.split(": ", 1) for line in result.output.splitlines() if ": " in line)
+    output, tags = re.fullmatch(r"(\S+) \((\d+) tags\)", lines["output"]).groups()  # type: ignore[union-attr]
+    difference = lines.get("largest difference from onnxruntime on 2 pictures")
+    return CliImport(
+        lines["interface"].removesuffix(" (detected)"), lines["input"], output, int(tags),
+        Path(lines[f"{name} version 1"]), float(difference) if difference else None,
+    )  # fmt: skip
+
+
+#: the source whose import the command also checks against onnxruntime (the test below checks them all)
+VERIFIED = "wd-eva02"
+
+
 @pytest.fixture(scope="module")
-def imported(sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, ImportedTagger]:
+def imported(sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, CliImport]:
+    """Each source imported with the command line, its interface detected."""
     repo = tmp_path_factory.mktemp("onnx-repo")
-    return {source: import_onnx_tagger(sources[source], repo, name=source) for source in SOURCES}
+    flags = {source: () if source == VERIFIED else ("--no-verify",) for source in SOURCES}
+    return {source: cli_import(sources[source], repo, source, *flags[source]) for source in SOURCES}
 
 
 def onnxruntime_probabilities(model_file: Path, interface: str, output: str, logits: bool) -> np.ndarray:
@@ -148,6 +183,9 @@ def test_imported_onnx_tagger_gives_onnxruntime_probabilities_on_encoded_images(
     interface, output, logits = SOURCES[source]
     result = imported[source]
     assert result.interface == interface and result.output_name == output
+    if source == VERIFIED:
+        assert result.difference is not None and result.difference < TOLERANCE  # the command's own check
+        assert result.input == "input float32 Nx448x448x3, 448 px"
     model_file = next(sources[source].glob("*.onnx"))
     expected = onnxruntime_probabilities(model_file, interface, output, logits)
     served = tf.saved_model.load(str(result.path)).signatures["serving_default"]
@@ -198,6 +236,23 @@ def test_import_refuses_what_does_not_fit(sources, tmp_path):
     with pytest.raises(ImportFailed, match="lists 1 tags"):
         import_onnx_tagger(folder, tmp_path / "repo")
     assert not (tmp_path / "repo" / "tagger").exists()
+    refused = CliRunner().invoke(main, ["models", "import", "onnx", str(sources["pixai"]), "--interface", "wd-v3",
+                                        "--repository", str(tmp_path / "repo")])  # fmt: skip
+    assert refused.exit_code == 1 and "Error: " in refused.output and "give the interface" in refused.output
+
+
+def test_a_conversion_that_fails_its_check_installs_nothing(sources, tmp_path):
+    """The check sees the SavedModel before it becomes a version: refused, the repository is as it was."""
+    seen: list[Path] = []
+
+    def check(result) -> None:
+        seen.append(result.path)
+        assert (result.path / "saved_model.pb").exists() and not result.path.name.isdigit()
+        raise ImportFailed("differs from onnxruntime")
+
+    with pytest.raises(ImportFailed, match="differs"):
+        import_onnx_tagger(sources["wd-vit"], tmp_path / "repo", check=check)
+    assert seen and not seen[0].exists() and list((tmp_path / "repo" / "tagger").iterdir()) == []
 
 
 async def test_the_server_tags_with_an_imported_onnx_tagger(imported, tmp_path, redis_server):

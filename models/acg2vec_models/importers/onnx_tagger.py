@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -85,6 +86,12 @@ class ImportedTagger:
     output_name: str
     tags: int
     op_types: list[str]
+    size: int = 0
+    model_file: Path | None = None
+
+
+#: The steps of an import, in order, as `import_onnx_tagger` reports them to its `progress` callback.
+IMPORT_STEPS = ("reading the ONNX model", "checking the interface and the tag file", "writing the SavedModel")
 
 
 def find_onnx(path: Path) -> Path:
@@ -195,17 +202,23 @@ def import_onnx_tagger(
     name: str = "tagger",
     interface: str | None = None,
     tags: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+    check: Callable[[ImportedTagger], None] | None = None,
 ) -> ImportedTagger:
     """Converts an ONNX tagger (a folder with the model and its tag file, or the .onnx file) into a new version of
-    `name` in the model repository."""
+    `name` in the model repository. `progress` is called with each of IMPORT_STEPS as it starts (a big model
+    takes tens of seconds to read and to write). `check` sees the written SavedModel before it becomes a version
+    (servers serve the newest version at once); raising ImportFailed there leaves the repository as it was."""
     import tensorflow as tf
 
     from acg2vec_models.export import export_wrapped_image_model
     from acg2vec_models.onnx_tf import OnnxGraph, UnsupportedOnnx
 
+    step = progress or (lambda _: None)
     path = Path(path)
     model_file = find_onnx(path)
     folder = model_file.parent
+    step(IMPORT_STEPS[0])
     try:
         graph = OnnxGraph(model_file)
     except UnsupportedOnnx as e:
@@ -213,6 +226,7 @@ def import_onnx_tagger(
     if len(graph.inputs) != 1:
         raise ImportFailed(f"{model_file} takes {[i.name for i in graph.inputs]}; a tagger takes one image batch")
     (image_input,) = graph.inputs
+    step(IMPORT_STEPS[1])
     layout = _input_layout(image_input.shape)
     chosen = interface or detect(folder, layout)
     if chosen not in INTERFACES:
@@ -221,7 +235,8 @@ def import_onnx_tagger(
     if image_input.dtype != tf.float32 or layout != spec.layout:
         raise ImportFailed(
             f"{model_file}: input {image_input.name} is {image_input.dtype.name} {list(image_input.shape or [])}; "
-            f"{spec.source} takes float32 {spec.layout} with 3 channels"
+            f"{spec.source} takes float32 {spec.layout} with 3 channels: give the interface the model was exported "
+            "with (--interface), or none to detect it"
         )
     spatial = image_input.shape[1:3] if layout == "NHWC" else image_input.shape[2:4]
     size = spatial[0] or spatial[1] or spec.default_size
@@ -250,10 +265,73 @@ def import_onnx_tagger(
         return {"scores": scores}
 
     log.info("importing %s as %s (%s, %d tags, %d px)", model_file, chosen, spec.source, len(entries), size)
+    step(IMPORT_STEPS[2])
     target = version_dir(root, name)
-    export_wrapped_image_model(graph, call, target, spec.preprocessing(int(size)), entries)
-    finish(root)
-    return ImportedTagger(
-        name=name, version=int(target.name), path=target, interface=chosen, input_name=input_name,
+    staging = target.with_name(f".import-{target.name}")  # not a version: servers ignore it until the rename
+    export_wrapped_image_model(graph, call, staging, spec.preprocessing(int(size)), entries)
+    result = ImportedTagger(
+        name=name, version=int(target.name), path=staging, interface=chosen, input_name=input_name,
         input_shape=tuple(image_input.shape or ()), output_name=output, tags=len(entries), op_types=graph.op_types,
+        size=int(size), model_file=model_file,
     )  # fmt: skip
+    try:
+        if check is not None:
+            check(result)
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    finish(root)
+    return replace(result, path=target)
+
+
+#: How far the imported model's probabilities may be from onnxruntime's (`acg2vec models import onnx --verify`).
+VERIFY_TOLERANCE = 1e-4
+
+
+def check_images() -> list[bytes]:
+    """Two made-up pictures (a wide one with transparency, a tall JPEG) for `compare_with_onnxruntime`."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pictures = []
+    for (w, h), mode, fmt in (((300, 200), "RGBA", "PNG"), ((180, 260), "RGB", "JPEG")):
+        yy, xx = np.mgrid[0:h, 0:w]
+        pixels = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) * 127 / (w + h)], -1) + rng.normal(0, 20, (h, w, 3))
+        image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).convert(mode)
+        if mode == "RGBA":
+            image.putalpha(Image.fromarray((xx * 255 // w).astype(np.uint8)))
+        out = io.BytesIO()
+        image.save(out, format=fmt)
+        pictures.append(out.getvalue())
+    return pictures
+
+
+def compare_with_onnxruntime(result: ImportedTagger, images: list[bytes] | None = None) -> float:
+    """Largest |difference| between the imported SavedModel's probabilities and onnxruntime's on the same
+    preprocessed pixels (the graph's own preprocessing, so this checks the conversion). Needs onnxruntime."""
+    import numpy as np
+    import onnxruntime
+    import tensorflow as tf
+
+    from acg2vec_models.preprocessing import preprocess_batch
+
+    if result.model_file is None:
+        raise ValueError("the import result does not say which ONNX file it came from")
+    images = images or check_images()
+    spec = INTERFACES[result.interface]
+    prep = spec.preprocessing(result.size)
+    pixels = tf.function(lambda batch: preprocess_batch(batch, prep))(tf.constant(images)).numpy()
+    if spec.layout == "NCHW":
+        pixels = pixels.transpose(0, 3, 1, 2)
+    session = onnxruntime.InferenceSession(str(result.model_file), providers=["CPUExecutionProvider"])
+    batches = [pixels[i : i + 1] for i in range(len(images))] if result.input_shape[:1] == (1,) else [pixels]
+    expected = np.concatenate([session.run([result.output_name], {result.input_name: b})[0] for b in batches])
+    if spec.logits:
+        expected = 1.0 / (1.0 + np.exp(-expected.astype(np.float64)))
+    served = tf.saved_model.load(str(result.path)).signatures["serving_default"]
+    scores = served(image_bytes=tf.constant(images))["scores"].numpy()
+    return float(np.abs(scores - expected).max())
