@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from safetensors.numpy import load_file
 
-from acg2vec_models.text.importer import import_sentence_transformers
 from acg2vec_models.text.train import Recipe, TrainingError, read_pairs, train
 from acg2vec_models.vocab import DEEPDANBOORU_V3
+from acg2vec_server.cli.main import main
 from tests.test_text_sentencepiece import TITLES, build_xlmr_folder
 
 RECIPE = Recipe(epochs=2, batch_size=8, learning_rate=1e-3, warmup_steps=2, seed=3)
@@ -38,15 +39,12 @@ def write_pairs(path: Path) -> Path:
     return path
 
 
-def runner(base: Path, pairs: Path, out: Path, work: Path) -> list[str]:
-    code = (
-        "from pathlib import Path\n"
-        "from acg2vec_models.text.train import Recipe, read_pairs, train\n"
-        f"train(Path({str(base)!r}), read_pairs(Path({str(pairs)!r})), Path({str(out)!r}),\n"
-        f"      Recipe(**{RECIPE.__dict__!r}), work_dir=Path({str(work)!r}), checkpoint_every=3,\n"
-        "      echo=lambda s: print(s, flush=True))\n"
-    )
-    return [sys.executable, "-c", code]
+def train_text_args(base: Path, pairs: Path, work: Path, repo: Path) -> list[str]:
+    """`acg2vec train text` with the test's recipe (checkpoints every 3 steps)."""
+    return ["train", "text", "--pairs", str(pairs), "--model", str(base), "--work-dir", str(work), "--repository",
+            str(repo), "--name", "trained", "--epochs", str(RECIPE.epochs), "--batch-size", str(RECIPE.batch_size),
+            "--learning-rate", str(RECIPE.learning_rate), "--seed", str(RECIPE.seed), "--checkpoint-every", "3",
+            "--device", "cpu"]  # fmt: skip
 
 
 def kill_after_first_checkpoint(command: list[str], log: Path) -> int:
@@ -75,21 +73,29 @@ def weights(folder: Path) -> dict[str, np.ndarray]:
 
 
 def test_killed_run_continues_from_its_last_checkpoint(setup, tmp_path):
-    out, work = tmp_path / "out", tmp_path / "work"
-    killed_at = kill_after_first_checkpoint(runner(setup["model"], setup["pairs"], out, work), tmp_path / "log")
-    assert killed_at >= 3 and not (out / "model.safetensors").exists()
-    lines: list[str] = []
-    outcome = train(setup["model"], read_pairs(setup["pairs"]), out, RECIPE, work_dir=work, checkpoint_every=3,
-                    echo=lines.append)  # fmt: skip
-    assert outcome.resumed_from_step >= killed_at and any(line.startswith("resumed from") for line in lines)
-    pairs = read_pairs(setup["pairs"])
-    assert outcome.steps == RECIPE.epochs * (len({p.anime for p in pairs}) // RECIPE.batch_size)
-    assert outcome.device == "cpu" and (out / "model.safetensors").exists()
-    assert len(list((work / "checkpoints").glob("step-*.pt"))) == 2  # the last two are kept
+    """`acg2vec train text` killed with SIGKILL after its first checkpoint; the same command continues from the
+    last checkpoint, trains to the end and installs the model; run once more, it only says where it is."""
+    work, repo = tmp_path / "work", tmp_path / "repo"
+    args = train_text_args(setup["model"], setup["pairs"], work, repo)
+    command = [sys.executable, "-m", "acg2vec_server.cli.main", *args]
+    killed_at = kill_after_first_checkpoint(command, tmp_path / "log")
+    assert killed_at >= 3 and not (work / "model" / "model.safetensors").exists() and not repo.exists()
 
-    repo = tmp_path / "repo"
-    imported = import_sentence_transformers(out, repo, "trained")  # checked against sentence-transformers
-    assert imported.min_cosine is not None and imported.min_cosine >= 0.9999
+    resumed = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert resumed.exit_code == 0, resumed.output
+    lines = resumed.output.splitlines()
+    resumed_at = next(int(line.split(" at step ")[1].split()[0]) for line in lines if "resumed from" in line)
+    pairs = read_pairs(setup["pairs"])
+    steps = RECIPE.epochs * (len({p.anime for p in pairs}) // RECIPE.batch_size)
+    assert resumed_at >= killed_at and "trained version 1 (" in resumed.output
+    assert f"trained {steps} steps on cpu" in resumed.output
+    assert len(list((work / "checkpoints").glob("step-*.pt"))) == 2  # the last two are kept
+    cosine = float(next(line for line in lines if line.startswith("lowest cosine")).rsplit(" ", 1)[1])
+    assert cosine >= 0.9999  # the installed model gives sentence-transformers' vectors
+
+    again = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert again.exit_code == 0 and "already trained and installed: trained version 1" in again.output
+    assert sorted(p.name for p in (repo / "trained").iterdir()) == ["1"]
 
 
 def test_stopped_and_resumed_run_equals_an_uninterrupted_one(setup, tmp_path):
@@ -115,6 +121,8 @@ def test_pairs_files_are_checked(tmp_path):
     bad.write_text('{"anchor": "a", "positive": "b"}\n{"anchor": "only one"}\n', encoding="utf-8")
     with pytest.raises(TrainingError, match=r"bad.jsonl:2: each line needs two non-empty texts"):
         read_pairs(bad)
+    refused = CliRunner().invoke(main, ["train", "text", "--pairs", str(bad), "--model", str(tmp_path)])
+    assert refused.exit_code == 1 and "Error: " in refused.output and "bad.jsonl:2: each line needs" in refused.output
     bad.write_text("not json\n", encoding="utf-8")
     with pytest.raises(TrainingError, match="not a JSON object"):
         read_pairs(bad)

@@ -64,6 +64,7 @@ class Outcome:
     resumed_from_step: int = 0
     device: str = "cpu"
     checkpoints: list[Path] = field(default_factory=list)
+    finished: bool = True  # False: stopped after stop_after_steps, the model not saved yet
 
 
 def epoch_batches(pairs: list[Pair], batch_size: int, rng: random.Random) -> list[list[tuple[str, str]]]:
@@ -297,14 +298,14 @@ def train(
                 keep(checkpoint(epoch, index + 1))
             if stopping:
                 say(f"stopped after {ran} steps at step {step}; run again to continue")
-                return Outcome(out, step, resumed_from, device, saved)
+                return Outcome(out, step, resumed_from, device, saved, finished=False)
         skip = 0
         if checkpoints is not None:
             epoch_state = rng.getstate()
             keep(checkpoint(epoch + 1, 0))
         if stop_after_steps is not None and ran >= stop_after_steps and epoch + 1 < recipe.epochs:
             say(f"stopped after {ran} steps at step {step}; run again to continue")
-            return Outcome(out, step, resumed_from, device, saved)
+            return Outcome(out, step, resumed_from, device, saved, finished=False)
     table = getattr(encoder, "embedding", None)
     if isinstance(table, torch.nn.Embedding):
         table.sparse = False
