@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 from PIL import Image
+from prometheus_client import REGISTRY
 
 from acg2vec.v1 import common_pb2, tagging_pb2
 from acg2vec_models.importers import ImportFailed
@@ -256,21 +257,65 @@ def test_a_conversion_that_fails_its_check_installs_nothing(sources, tmp_path):
 
 
 async def test_the_server_tags_with_an_imported_onnx_tagger(imported, tmp_path, redis_server):
-    """The real server over a repository holding the imported EVA02 tagger: its scores, categories and ratings."""
-    result = imported["wd-eva02"]
+    """The real server over a repository holding the imported Camie v2 tagger (ratings named rating_*, characters),
+    with a per-tag thresholds file and the tagger's own batch size and timeout: its scores, categories and
+    ratings; the file under the request's options; MCut on characters; a batch request run in chunks."""
+    result = imported["camie-v2"]
     repo = copy_repository(dev_model_repository(), tmp_path / "repo", only=["illust2vec", "deepix", "acgvoc2vec"])
     (repo / "tagger").mkdir()
     (repo / "tagger" / "1").symlink_to(result.path)
-    scores = tf.saved_model.load(str(result.path)).signatures["serving_default"](image_bytes=tf.constant(IMAGES[:1]))
-    scores = scores["scores"].numpy()[0]
-    async with serving(repo, tmp_path / "data", redis_server.url, "onnx:v1") as stubs:
-        loose = tagging_pb2.CategoryThresholds(general=0.0, character=0.0)
-        response = await stubs.tagging.TagImage(
-            tagging_pb2.TagImageRequest(image=IMAGES[0], options=tagging_pb2.TagOptions(thresholds=loose, top_k=20))
-        )
-    tags = response.result.tags
-    ranked = np.argsort(-scores[4:], kind="stable")[:20] + 4  # the first four are WD's rating tags
-    np.testing.assert_allclose([t.score for t in tags], scores[ranked], atol=1e-5)
-    assert response.result.rating in (common_pb2.RATING_GENERAL, common_pb2.RATING_SENSITIVE,
-                                      common_pb2.RATING_QUESTIONABLE, common_pb2.RATING_EXPLICIT)  # fmt: skip
-    assert len(response.result.rating_scores) == 4 and response.result.model.name == "tagger"
+    loaded = tf.saved_model.load(str(result.path))
+    scores = loaded.signatures["serving_default"](image_bytes=tf.constant(IMAGES[:3]))["scores"].numpy()
+    labels = loaded.signatures["labels"]()
+    names = [n.decode() for n in labels["names"].numpy()]
+    categories = np.array([c.decode() for c in labels["categories"].numpy()])
+    row, general, characters = scores[0], categories == "general", categories == "character"
+    always = names[int(np.argmin(np.where(general, row, 2)))]  # the least likely general tag, below 0.5
+    never = names[int(np.argmax(np.where(general, row, -1)))]  # the most likely one, above 0.5
+    assert row[names.index(always)] < 0.5 <= row[names.index(never)]
+    thresholds = tmp_path / "thresholds.csv"
+    thresholds.write_text(f"tag,threshold\n{always},0\n{never},1\n", encoding="utf-8")
+
+    def expected(keep: np.ndarray) -> list[str]:
+        kept = np.flatnonzero(keep & (categories != "rating"))
+        return [names[i] for i in kept[np.argsort(-row[kept], kind="stable")]]
+
+    settings = dict(tag_thresholds_file=thresholds, batch_max_size_per_model="tagger=2",
+                    inference_timeout_s_per_model="tagger=120", max_top_k=1000)  # fmt: skip
+    async with serving(repo, tmp_path / "data", redis_server.url, "onnx:v1", **settings) as stubs:
+
+        async def tag(**options) -> tagging_pb2.ImageTags:
+            options = tagging_pb2.TagOptions(top_k=1000, **options)
+            return (await stubs.tagging.TagImage(tagging_pb2.TagImageRequest(image=IMAGES[0], options=options))).result
+
+        file_thresholds = np.where(np.array(names) == always, 0.0, np.where(np.array(names) == never, 1.0, 0.5))
+        default = await tag()
+        assert [t.name for t in default.tags] == expected(row >= file_thresholds)
+        assert always in [t.name for t in default.tags] and never not in [t.name for t in default.tags]
+        np.testing.assert_allclose([t.score for t in default.tags], [row[names.index(t.name)] for t in default.tags],
+                                   atol=1e-5)  # fmt: skip
+        assert {common_pb2.TagCategory.Name(t.category) for t in default.tags} <= {
+            "TAG_CATEGORY_GENERAL", "TAG_CATEGORY_CHARACTER", "TAG_CATEGORY_META"}  # fmt: skip
+        ratings = {r.rating: r.score for r in default.rating_scores}  # from rating_general ... rating_explicit
+        assert len(ratings) == 4 and default.rating == max(ratings, key=ratings.__getitem__)
+        assert never in [t.name for t in (await tag(tag_thresholds={never: 0.0})).tags]  # the request's tag wins
+        opened = await tag(thresholds=tagging_pb2.CategoryThresholds(general=0.0))  # its category wins too
+        assert never in [t.name for t in opened.tags] and len(opened.tags) > len(default.tags)
+
+        shut = tagging_pb2.CategoryThresholds(general=1.0, meta=1.0)
+        mcut = await tag(thresholds=shut, modes=tagging_pb2.CategoryModes(character=tagging_pb2.THRESHOLD_MODE_MCUT))
+        values = row[characters].astype(np.float64)
+        ordered = np.sort(values)[::-1]
+        gap = int(np.argmax(ordered[:-1] - ordered[1:]))
+        cut = max(0.15, (ordered[gap] + ordered[gap + 1]) / 2)
+        assert [t.name for t in mcut.tags] == expected(characters & (row > cut)) != []
+
+        before = REGISTRY.get_sample_value("acg2vec_inference_batch_items_count", {"model": "tagger"}) or 0
+        batch = await stubs.tagging.BatchTagImages(tagging_pb2.BatchTagImagesRequest(
+            images=IMAGES[:3], options=tagging_pb2.TagOptions(top_k=5)))  # fmt: skip
+        after = REGISTRY.get_sample_value("acg2vec_inference_batch_items_count", {"model": "tagger"})
+        assert after - before == 2  # the tagger's batch size is 2: two model runs, of two images and one
+        for result_tags, image_scores in zip(batch.results, scores, strict=True):
+            keep = (categories != "rating") & (image_scores >= file_thresholds)
+            np.testing.assert_allclose([t.score for t in result_tags.tags], np.sort(image_scores[keep])[::-1][:5],
+                                       atol=1e-5)  # fmt: skip

@@ -470,7 +470,8 @@ def build_sources(folder: Path) -> dict[str, Path]:
         out[f"wd-{family}"] = target
 
     target = folder / "camie-v2"
-    camie_tags = tags[:500] + character_tags()  # ratings, general (a few become "year"), characters
+    # ratings (named rating_general ... as Camie's metadata names them), general (a few become "year"), characters
+    camie_tags = [(f"rating_{n}" if c == 9 else n, c) for n, c in tags[:500]] + character_tags()
     category_names = {0: "general", 1: "artist", 3: "copyright", 4: "character", 5: "meta", 9: "rating"}
     camie = _randomise(CamieV2(512, len(camie_tags)), seed=20)
     _export(camie, torch.randn(2, 3, 512, 512), target / "camie-tagger-v2.onnx", "input",
