@@ -11,8 +11,8 @@ included) and returns probabilities; `labels()` carries the tag file's names and
   selected_tags.csv.
 - camie-v2: NCHW 512, RGB with ImageNet mean / std; longer side to 512 with LANCZOS, padded with (124, 116, 104);
   `refined_predictions` (logits); the metadata json (idx_to_tag, tag_to_category).
-- pixai: NCHW 448, RGB (x / 255 - 0.5) / 0.5; alpha on white, BILINEAR stretch; `prediction` (sigmoid);
-  selected_tags.csv.
+- pixai: NCHW 448, RGB (x / 255 - 0.5) / 0.5; alpha on white, BILINEAR stretch; `prediction` (sigmoid; `output`
+  in later ports, beside `logits` and `embedding`); selected_tags.csv.
 - deepdanbooru: NHWC 512, RGB 0..1; DeepDanbooru's own preprocessing (area resize, edge padding); its [N, T]
   output (sigmoid); tags.txt (or a csv).
 """
@@ -69,7 +69,8 @@ INTERFACES: dict[str, Interface] = {
         Interface("wd-v3", "SmilingWolf's WD v3 taggers (EVA02, ViT, SwinV2, ConvNeXt)", "NHWC", 448,
                   wd_v3_preprocessing, (), False),
         Interface("camie-v2", "Camie Tagger v2", "NCHW", 512, camie_v2_preprocessing, ("refined_predictions",), True),
-        Interface("pixai", "PixAI tagger (ONNX port)", "NCHW", 448, pixai_preprocessing, ("prediction",), False),
+        Interface("pixai", "PixAI tagger (ONNX port)", "NCHW", 448, pixai_preprocessing, ("prediction", "output"),
+                  False),
         Interface("deepdanbooru", "DeepDanbooru (ONNX export)", "NHWC", 512, deepdanbooru_preprocessing, (), False),
     )
 }  # fmt: skip
