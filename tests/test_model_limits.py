@@ -93,14 +93,20 @@ async def test_an_in_process_model_stays_busy_until_its_thread_returns(tmp_path)
 
 
 async def test_tfserving_gets_each_models_timeout_as_its_deadline(model_repo, tmp_path):
-    server, port = await start_emulator(copy_repository(model_repo, tmp_path, only=["tagger", "illust2vec"]))
-    backend = TFServingBackend(f"127.0.0.1:{port}", timeout_s=60, timeouts={"tagger": 1e-4})
+    server, port = await start_emulator(copy_repository(model_repo, tmp_path, only=["illust2vec"]))
+    target = f"127.0.0.1:{port}"
+    patient, hurried = (
+        TFServingBackend(target, timeout_s=60),
+        TFServingBackend(target, 60, timeouts={"illust2vec": 1e-4}),
+    )
     images = {"image_bytes": np.array([SAMPLE_PNG.read_bytes()], dtype=object)}
     try:
-        outputs, _ = await backend.predict("illust2vec", images)  # the default deadline: answered
+        outputs, _ = await patient.predict("illust2vec", images)  # the default deadline: answered
         assert outputs["embedding"].shape[0] == 1
-        with pytest.raises(BackendUnavailable, match=r"'tagger' did not answer within its 0.0001 s inference timeout"):
-            await backend.predict("tagger", images)
+        await hurried.ping()  # connected: a deadline that passes now is the model's timeout, not an outage
+        with pytest.raises(BackendUnavailable, match=r"'illust2vec' did not answer within its 0.0001 s inference"):
+            await hurried.predict("illust2vec", images)
     finally:
-        await backend.close()
+        await patient.close()
+        await hurried.close()
         await server.stop(0)

@@ -381,11 +381,14 @@ class TinyResNet(nn.Module):
                                    nn.Conv2d(4, 4, 3, 2, 1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
                                    nn.Conv2d(4, 16, 1, bias=False), nn.BatchNorm2d(16))  # fmt: skip
         self.shortcut = nn.Sequential(nn.Conv2d(8, 16, 1, 2, bias=False), nn.BatchNorm2d(16))
+        # down to 16 x 16 before the per-tag conv (DeepDanbooru's six stages end at 8 x 8): 9,176 output channels
+        # at 64 x 64 made this tiny model the slowest of the sources to run
+        self.reduce = nn.Sequential(nn.Conv2d(16, 16, 3, 4, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
         self.logits = nn.Conv2d(16, classes, 1, bias=False)
 
     def forward(self, x):
         x = self.pool(self.stem(x))
-        x = F.relu(self.block(x) + self.shortcut(x))
+        x = self.reduce(F.relu(self.block(x) + self.shortcut(x)))
         return F.adaptive_avg_pool2d(self.logits(x), 1).flatten(1)
 
 
