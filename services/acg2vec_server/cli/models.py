@@ -195,6 +195,11 @@ def import_onnx(
         except ImportError:
             checked.append("not compared with onnxruntime (not installed: pip install onnxruntime)")
             return
+        except Exception as e:  # onnxruntime could not run the file: say so rather than install unchecked
+            raise ImportFailed(
+                f"could not compare with onnxruntime ({type(e).__name__}: {e}); nothing was installed. Rerun with "
+                "--no-verify to install without the check"
+            ) from None
         if difference > VERIFY_TOLERANCE:
             raise ImportFailed(
                 f"the converted model differs from onnxruntime by {difference:.2e} on two pictures (more than "

@@ -140,7 +140,14 @@ def train_text(pairs: Path, model: Path | None, repository: Path | None, name: s
                stop_after_steps: int | None, seed: int, device: str | None) -> None:  # fmt: skip
     """Fine-tune a sentence encoder on your sentence pairs (in-batch negatives), then install it as a new version
     of the text model."""
-    import torch
+    try:
+        import sentence_transformers  # noqa: F401
+        import torch
+    except ImportError as e:
+        raise click.ClickException(
+            f"training needs {e.name}: install acg2vec with its training extra (pip install 'acg2vec[train]'; "
+            "scripts/setup.sh does)"
+        ) from None
     from tqdm import tqdm
 
     from acg2vec_models.text.importer import CHECK_TEXTS, UnsupportedModel, import_sentence_transformers
