@@ -2,8 +2,9 @@
 
 Every image signature of the model repository takes `image_bytes` (tf.string, [batch]) and decodes,
 composites transparency on white, resizes and normalises inside the graph with these functions.
-Imported models keep their source's own preprocessing: `DEEPDANBOORU` and `WD14` below reproduce
-DeepDanbooru's `load_image_for_evaluate` and SmilingWolf's WD14 reference code (docs/image-models-import-train.md).
+Imported models keep their source's own preprocessing: the presets below reproduce DeepDanbooru's
+`load_image_for_evaluate`, SmilingWolf's WD14 and WD v3 reference apps, Camie v2's and PixAI's inference code
+(docs/image-models-import-train.md); the "pillow_*" modes resample exactly as Pillow (pillow_resize.py).
 """
 
 from __future__ import annotations
@@ -13,11 +14,16 @@ from typing import Literal
 
 import tensorflow as tf
 
+from acg2vec_models.pillow_resize import PillowFilter, pillow_resize
+
 #: "pad": area-resize keeping the aspect ratio, pad to a square with pad_value; "stretch": plain area resize;
 #: "pad_edge": DeepDanbooru (area-resize keeping the aspect ratio, centre with sub-pixel offsets, pad by
 #: repeating the edge pixels); "square_pad": WD14 (pad to a square of side max(h, w, size) with pad_value,
-#: then area-downscale).
-ResizeMode = Literal["pad", "stretch", "pad_edge", "square_pad"]
+#: then area-downscale). With Pillow's `resample` filter: "pillow_square": WD v3 (pad to a square of side
+#: max(h, w) with pad_value, then resize to size, up or down); "pillow_fit": Camie v2 (longer side to size, the
+#: other int(size / aspect), pasted centred on a pad_value canvas); "pillow_stretch": PixAI (size x size).
+ResizeMode = Literal["pad", "stretch", "pad_edge", "square_pad", "pillow_square", "pillow_fit", "pillow_stretch"]
+RGB = tuple[float, float, float]
 
 
 @dataclass(frozen=True)
@@ -27,11 +33,16 @@ class ImagePreprocessing:
     size: int
     #: How the image becomes size x size (see ResizeMode).
     resize: ResizeMode = "pad"
-    #: Pixel value of the padding, in 0..255 (white by default, as illustrations sit on white).
-    pad_value: float = 255.0
+    #: Pixel value of the padding, in 0..255 (white by default, as illustrations sit on white), or an RGB colour.
+    pad_value: float | RGB = 255.0
     #: x' = (x - offset) / scale applied to 0..255 RGB values, e.g. (0, 255) gives [0, 1].
     offset: float = 0.0
     scale: float = 255.0
+    #: Then per channel (in the order fed to the network) x'' = (x' - mean) / std, as torchvision's Normalize.
+    mean: RGB | None = None
+    std: RGB | None = None
+    #: Pillow's filter for the "pillow_*" resize modes.
+    resample: PillowFilter = "bicubic"
     #: Channel order fed to the network.
     channels: Literal["RGB", "BGR"] = "RGB"
     #: Transparency: "white" composites on white; "drop" ignores alpha (decoders asked for 3 channels do that).
@@ -53,6 +64,39 @@ def wd14_preprocessing(size: int) -> ImagePreprocessing:
     return ImagePreprocessing(
         size=size, resize="square_pad", pad_value=255.0, alpha="white", channels="BGR", offset=0.0, scale=1.0,
         quantize=True, jpeg_dct="accurate",
+    )  # fmt: skip
+
+
+def wd_v3_preprocessing(size: int) -> ImagePreprocessing:
+    """WD v3 (SmilingWolf's wd-tagger app): Pillow decode, alpha composited on white, pad to a white square of
+    side max(h, w), Pillow BICUBIC to size (only when the side differs), RGB -> BGR, 0..255 as float32."""
+    return ImagePreprocessing(
+        size=size, resize="pillow_square", resample="bicubic", pad_value=255.0, alpha="white", channels="BGR",
+        offset=0.0, scale=1.0, quantize=True, jpeg_dct="accurate",
+    )  # fmt: skip
+
+
+#: ImageNet statistics, and their mean as the 8-bit pad colour Camie v2 uses.
+IMAGENET_MEAN: RGB = (0.485, 0.456, 0.406)
+IMAGENET_STD: RGB = (0.229, 0.224, 0.225)
+
+
+def camie_v2_preprocessing(size: int) -> ImagePreprocessing:
+    """Camie v2 (its inference code): Pillow decode, convert("RGB") (alpha dropped), longer side to size with
+    LANCZOS keeping the aspect ratio (the other side truncated), pasted centred on (124, 116, 104), / 255,
+    ImageNet mean / std."""
+    return ImagePreprocessing(
+        size=size, resize="pillow_fit", resample="lanczos", pad_value=(124.0, 116.0, 104.0), alpha="drop",
+        offset=0.0, scale=255.0, mean=IMAGENET_MEAN, std=IMAGENET_STD, jpeg_dct="accurate",
+    )  # fmt: skip
+
+
+def pixai_preprocessing(size: int) -> ImagePreprocessing:
+    """PixAI tagger (its handler and the ONNX port's preprocess.json): Pillow decode, alpha on white, Pillow
+    BILINEAR to size x size (aspect ratio not kept), / 255, mean 0.5 / std 0.5."""
+    return ImagePreprocessing(
+        size=size, resize="pillow_stretch", resample="bilinear", alpha="white", offset=0.0, scale=255.0,
+        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), quantize=True, jpeg_dct="accurate",
     )  # fmt: skip
 
 
@@ -114,9 +158,34 @@ def _aspect_size(rgb: tf.Tensor, size: int) -> tf.Tensor:
     return tf.maximum(tf.cast(tf.round(shape * ratio), tf.int32), 1)
 
 
+def _pillow_resize(rgb: tf.Tensor, prep: ImagePreprocessing) -> tf.Tensor:
+    size = prep.size
+    pad = tf.constant(prep.pad_value, tf.float32)
+    height, width = tf.shape(rgb)[0], tf.shape(rgb)[1]
+    if prep.resize == "pillow_stretch":
+        return tf.ensure_shape(pillow_resize(rgb, size, size, prep.resample), (size, size, 3))
+    if prep.resize == "pillow_square":
+        side = tf.maximum(height, width)
+        top, left = (side - height) // 2, (side - width) // 2
+        square = tf.pad(rgb - pad, [[top, side - height - top], [left, side - width - left], [0, 0]]) + pad
+        return tf.ensure_shape(pillow_resize(square, size, size, prep.resample), (size, size, 3))
+    # pillow_fit: aspect = w / h in double precision, as Python computes it, then int() truncates
+    aspect = tf.cast(width, tf.float64) / tf.cast(height, tf.float64)
+    wide = aspect > 1.0
+    new_w = tf.where(wide, size, tf.cast(tf.floor(size * aspect), tf.int32))
+    new_h = tf.where(wide, tf.cast(tf.floor(size / aspect), tf.int32), size)
+    new_w, new_h = tf.clip_by_value(new_w, 1, size), tf.clip_by_value(new_h, 1, size)
+    resized = pillow_resize(rgb, new_h, new_w, prep.resample)
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    placed = tf.pad(resized - pad, [[top, size - new_h - top], [left, size - new_w - left], [0, 0]]) + pad
+    return tf.ensure_shape(placed, (size, size, 3))
+
+
 def resize_image(rgb: tf.Tensor, prep: ImagePreprocessing) -> tf.Tensor:
     """Resizes one float RGB image to prep.size x prep.size, padding with prep.pad_value if asked."""
     size = prep.size
+    if prep.resize.startswith("pillow_"):
+        return _pillow_resize(rgb, prep)
     if prep.resize == "stretch":
         return tf.image.resize(rgb, (size, size), method="area", antialias=True)
     if prep.resize == "pad_edge":
@@ -156,7 +225,10 @@ def preprocess_image(encoded: tf.Tensor, prep: ImagePreprocessing) -> tf.Tensor:
     image = resize_image(image, prep)
     if prep.channels == "BGR":
         image = image[..., ::-1]
-    return (image - prep.offset) / prep.scale
+    image = (image - prep.offset) / prep.scale
+    if prep.mean is not None or prep.std is not None:
+        image = (image - tf.constant(prep.mean or (0.0, 0.0, 0.0))) / tf.constant(prep.std or (1.0, 1.0, 1.0))
+    return image
 
 
 def preprocess_batch(image_bytes: tf.Tensor, prep: ImagePreprocessing) -> tf.Tensor:

@@ -24,7 +24,7 @@ from acg2vec_server.domain.inputs import Limits
 from acg2vec_server.domain.models import Models
 from acg2vec_server.domain.ports import InferenceBackend, MetadataStore, VectorStore
 from acg2vec_server.domain.service import Domain
-from acg2vec_server.domain.tagging import Tagger
+from acg2vec_server.domain.tagging import Tagger, read_tag_thresholds
 from acg2vec_server.health import LIVENESS, HealthMonitor
 from acg2vec_server.settings import Settings
 from acg2vec_server.telemetry import tracing
@@ -38,7 +38,10 @@ def make_inference(settings: Settings) -> InferenceBackend:
     if settings.inference_backend == "tfserving":
         from acg2vec_server.backends.tfserving import TFServingBackend
 
-        return TFServingBackend(settings.tfserving_target, settings.inference_timeout_s, settings.max_message_bytes)
+        return TFServingBackend(
+            settings.tfserving_target, settings.inference_timeout_s, settings.max_message_bytes,
+            settings.inference_timeouts(),
+        )  # fmt: skip
     from acg2vec_server.backends.inprocess import InProcessBackend
 
     return InProcessBackend(settings.models_root, settings.inference_threads)
@@ -49,12 +52,16 @@ def build_domain(s: Settings, inference: InferenceBackend, meta: MetadataStore, 
         s.max_image_bytes, s.max_image_pixels, s.max_text_chars, s.max_batch_size, s.max_top_k,
         s.downscale_above_pixels,
     )  # fmt: skip
-    policy = BatchPolicy(s.batch_max_size, s.batch_max_wait_ms / 1000, s.inference_queue_items, s.inference_concurrency)
+    policy = BatchPolicy(
+        s.batch_max_size, s.batch_max_wait_ms / 1000, s.inference_queue_items, s.inference_concurrency,
+        s.inference_timeout_s,
+    )  # fmt: skip
     models = Models(
         inference, s.tagger_model, s.image_feature_model, s.text_model, s.popularity_model,
-        Batcher(inference.predict, policy, s.batch_max_sizes()),
+        Batcher(inference.predict, policy, s.batch_max_sizes(), s.inference_timeouts()),
     )  # fmt: skip
-    tagger = Tagger(models, s.default_tag_threshold, s.default_tag_top_k)
+    tag_thresholds = read_tag_thresholds(s.tag_thresholds_file) if s.tag_thresholds_file else {}
+    tagger = Tagger(models, s.default_tag_threshold, s.default_tag_top_k, tag_thresholds)
     return Domain(limits, models, tagger, Illustrations(models, tagger, meta, vectors, limits))
 
 

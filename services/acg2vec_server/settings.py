@@ -89,7 +89,14 @@ class Settings(BaseSettings):
     tfserving_target: str = Field(
         "127.0.0.1:8500", description="TF-Serving gRPC host:port when inference_backend=tfserving."
     )
-    inference_timeout_s: float = 30.0
+    inference_timeout_s: float = Field(
+        30.0,
+        description="Longest a model call may wait and run (any backend; TF-Serving gets it as the gRPC deadline); "
+        "past it the call fails with UNAVAILABLE and a retry hint.",
+    )
+    inference_timeout_s_per_model: str = Field(
+        "", description="Per-model inference_timeout_s, e.g. 'tagger=120' for a big imported tagger."
+    )
     inference_threads: int = Field(2, description="Threads running in-process TensorFlow calls.")
     tagger_model: str = "tagger"
     image_feature_model: str = "illust2vec"
@@ -136,6 +143,11 @@ class Settings(BaseSettings):
     max_top_k: int = 1000
     default_tag_top_k: int = 64
     default_tag_threshold: float = 0.5
+    tag_thresholds_file: Path | None = Field(
+        None,
+        description="Default thresholds of single tags: CSV rows 'tag,threshold' or a JSON object {tag: threshold}; "
+        "a request's category or tag thresholds win over them.",
+    )
     health_probe_interval_s: float = 2.0
 
     # --- load: concurrency limits, bounded queues, dynamic batching (docs/reliability.md)
@@ -148,7 +160,11 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(
         32, description="Dynamic batching: most items in one model run (concurrent requests joined); 1: off."
     )
-    batch_max_size_per_model: str = Field("", description="Per-model batch_max_size, e.g. 'tagger=16,acgvoc2vec=128'.")
+    batch_max_size_per_model: str = Field(
+        "",
+        description="Per-model batch_max_size, e.g. 'tagger=2,acgvoc2vec=128'; a request with more items runs as "
+        "chunks of it, so a big model stays responsive.",
+    )
     batch_max_wait_ms: float = Field(
         5.0, description="Dynamic batching: how long a batch waits for more requests while its model is busy."
     )
@@ -174,22 +190,22 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_load_settings(self) -> Settings:
         self.batch_max_sizes()  # a malformed value fails at start-up, with the fix in the message
+        self.inference_timeouts()
         if min(self.batch_max_size, self.inference_queue_items, self.inference_concurrency) < 1:
             raise ValueError("batch_max_size, inference_queue_items and inference_concurrency must be at least 1")
+        if self.inference_timeout_s <= 0:
+            raise ValueError("inference_timeout_s must be above 0 (seconds)")
         return self
 
     def batch_max_sizes(self) -> dict[str, int]:
         """batch_max_size_per_model as a dict: 'tagger=16,acgvoc2vec=128' -> {'tagger': 16, 'acgvoc2vec': 128}."""
-        sizes: dict[str, int] = {}
-        for entry in filter(None, (e.strip() for e in self.batch_max_size_per_model.split(","))):
-            model, _, size = entry.partition("=")
-            if not model.strip() or not size.strip().isdigit() or int(size) < 1:
-                raise ValueError(
-                    f"batch_max_size_per_model entry {entry!r} is malformed: write model=size pairs split by "
-                    "commas, e.g. 'tagger=16,acgvoc2vec=128'"
-                )
-            sizes[model.strip()] = int(size)
-        return sizes
+        return {k: int(v) for k, v in _per_model("batch_max_size_per_model", self.batch_max_size_per_model,
+                                                 "size", "tagger=16,acgvoc2vec=128", integer=True).items()}  # fmt: skip
+
+    def inference_timeouts(self) -> dict[str, float]:
+        """inference_timeout_s_per_model as a dict: 'tagger=120' -> {'tagger': 120.0}."""
+        return _per_model("inference_timeout_s_per_model", self.inference_timeout_s_per_model, "seconds",
+                          "tagger=120,deepix=60")  # fmt: skip
 
     @property
     def models_root(self) -> Path:
@@ -199,3 +215,21 @@ class Settings(BaseSettings):
     @property
     def grpc_port(self) -> int:
         return int(self.listen.rsplit(":", 1)[1])
+
+
+def _per_model(setting: str, value: str, unit: str, example: str, integer: bool = False) -> dict[str, float]:
+    """'model=number' entries split by commas; a malformed entry fails with the fix in the message."""
+    parsed: dict[str, float] = {}
+    for entry in filter(None, (e.strip() for e in value.split(","))):
+        model, _, number = (part.strip() for part in entry.partition("="))
+        try:
+            amount = int(number) if integer else float(number)
+        except ValueError:
+            amount = 0
+        if not model or not amount > 0 or amount != amount:  # amount != amount: NaN
+            raise ValueError(
+                f"{setting} entry {entry!r} is malformed: write model={unit} pairs split by commas, e.g. "
+                f"'{example}' ({unit} above 0)"
+            )
+        parsed[model] = amount
+    return parsed

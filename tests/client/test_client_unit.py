@@ -267,6 +267,17 @@ def test_tag_options_maps_category_thresholds() -> None:
         tag_options(thresholds={"colour": 0.5})
 
 
+def test_tag_options_carry_tag_thresholds_and_modes() -> None:
+    options = tag_options(tag_thresholds={"long_hair": 0.9}, modes={"general": "mcut", "character": "FIXED"})
+    assert dict(options.tag_thresholds) == {"long_hair": pytest.approx(0.9)}
+    assert options.modes.general == tagging_pb2.THRESHOLD_MODE_MCUT
+    assert options.modes.character == tagging_pb2.THRESHOLD_MODE_FIXED
+    with pytest.raises(ValueError, match="fixed or mcut"):
+        tag_options(modes={"general": "adaptive"})
+    with pytest.raises(ValueError, match="unknown mode category"):
+        tag_options(modes={"rating": "mcut"})
+
+
 def test_search_request_needs_exactly_one_query() -> None:
     with pytest.raises(ValueError, match="exactly one"):
         search_request()

@@ -64,9 +64,14 @@ class SecureServer:
 
 
 @contextlib.asynccontextmanager
-async def serving(repository: Path, data_dir: Path, redis_url: str, prefix: str) -> AsyncIterator[Stubs]:
-    """The server on a free port with the in-process backend over `repository`; yields stubs on a channel to it."""
-    settings = make_settings(data_dir, repository, redis_url, redis_key_prefix=prefix, inference_timeout_s=60)
+async def serving(
+    repository: Path, data_dir: Path, redis_url: str, prefix: str, **overrides: object
+) -> AsyncIterator[Stubs]:
+    """The server on a free port with the in-process backend over `repository` (and any other settings); yields
+    stubs on a channel to it."""
+    settings = make_settings(
+        data_dir, repository, redis_url, **{"redis_key_prefix": prefix, "inference_timeout_s": 60, **overrides}
+    )
     app = Application(settings)
     await app.start()
     try:

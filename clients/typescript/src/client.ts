@@ -42,6 +42,7 @@ import {
 } from "./gen/acg2vec/v1/search.js";
 import {
   type BatchTagImagesResponse,
+  CategoryModes,
   CategoryThresholds,
   type PredictPopularityResponse,
   type StreamTagImagesRequest,
@@ -50,6 +51,7 @@ import {
   TaggingServiceService,
   TagOptions,
   type TagImageResponse,
+  ThresholdMode,
 } from "./gen/acg2vec/v1/tagging.js";
 import {
   type BatchExtractTextFeaturesResponse,
@@ -124,6 +126,10 @@ export interface TagOptionsInit {
   thresholds?: Partial<CategoryThresholds>;
   /** Also return deepix predictions (FAILED_PRECONDITION when no deepix model is installed). */
   includePopularity?: boolean;
+  /** Thresholds of single tags (tag name -> threshold), over their category's threshold and mode. */
+  tagThresholds?: Record<string, number>;
+  /** How each category's cut is chosen: "fixed" (the threshold) or "mcut" (the adaptive cut of the WD tagger apps). */
+  modes?: Partial<Record<keyof CategoryModes, "fixed" | "mcut" | ThresholdMode>>;
 }
 
 /** Exactly one query kind. */
@@ -441,11 +447,21 @@ function buffer(bytes: Uint8Array): Buffer {
   return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
+const THRESHOLD_MODES = { fixed: ThresholdMode.THRESHOLD_MODE_FIXED, mcut: ThresholdMode.THRESHOLD_MODE_MCUT };
+
 export function tagOptions(init: TagOptionsInit): TagOptions {
+  const modes: Partial<CategoryModes> = {};
+  for (const [category, mode] of Object.entries(init.modes ?? {})) {
+    const value = typeof mode === "string" ? THRESHOLD_MODES[mode] : mode;
+    if (value === undefined) throw new TypeError(`unknown threshold mode ${String(mode)}; expected fixed or mcut`);
+    modes[category as keyof CategoryModes] = value;
+  }
   return TagOptions.fromPartial({
     topK: init.topK ?? 0,
     includePopularity: init.includePopularity ?? false,
     thresholds: CategoryThresholds.fromPartial(init.thresholds ?? {}),
+    tagThresholds: { ...(init.tagThresholds ?? {}) },
+    modes: init.modes ? CategoryModes.fromPartial(modes) : undefined,
   });
 }
 

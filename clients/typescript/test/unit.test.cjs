@@ -346,3 +346,15 @@ test("the service config retries only the streams (unary calls are retried by th
   assert.equal(config.methodConfig[0].retryPolicy.maxAttempts, 3);
   assert.deepEqual(config.methodConfig[0].retryPolicy.retryableStatusCodes, ["UNAVAILABLE"]);
 });
+
+test("tagOptions: per-tag thresholds and a threshold mode per category", () => {
+  const options = acg2vec.tagOptions({ tagThresholds: { long_hair: 0.9 }, modes: { general: "mcut", character: "fixed" } });
+  assert.deepEqual(options.tagThresholds, { long_hair: 0.9 });
+  assert.equal(options.modes.general, acg2vec.ThresholdMode.THRESHOLD_MODE_MCUT);
+  assert.equal(options.modes.character, acg2vec.ThresholdMode.THRESHOLD_MODE_FIXED);
+  assert.equal(options.modes.meta, acg2vec.ThresholdMode.THRESHOLD_MODE_UNSPECIFIED);
+  assert.equal(acg2vec.tagOptions({}).modes, undefined);
+  assert.throws(() => acg2vec.tagOptions({ modes: { general: "adaptive" } }), TypeError);
+  const bytes = acg2vec.TagOptions.encode(options).finish();
+  assert.equal(Math.fround(acg2vec.TagOptions.decode(bytes).tagThresholds.long_hair), Math.fround(0.9)); // a float on the wire
+});

@@ -1,7 +1,8 @@
 """Imports a sentence-transformers model folder into the model repository as a TF SavedModel (a new version).
 
 Supported pipelines: a BERT-family `Transformer` (bert, roberta, xlm-roberta, camembert; safetensors weights,
-a `tokenizer.json`) followed by `Pooling` (cls, max, mean, mean_sqrt_len_tokens, weightedmean, lasttoken),
+a `tokenizer.json` -- WordPiece, BPE or SentencePiece unigram alike -- or, for XLM-R, only its
+`sentencepiece.bpe.model`) followed by `Pooling` (cls, max, mean, mean_sqrt_len_tokens, weightedmean, lasttoken),
 optional `Dense` layers and `Normalize`; or this project's `UseM3Encoder` (acgvoc2vec). The forward pass is
 rebuilt in TensorFlow from the weights (transformers 5 has no TensorFlow models), so PyTorch is not needed;
 when sentence-transformers is installed, the import checks the SavedModel against it on fixed texts.
@@ -95,9 +96,28 @@ def _pooling_modes(config: Mapping[str, Any]) -> list[str]:
     return [mode for key, mode in legacy.items() if config.get(key)] or ["mean"]
 
 
+def _tokenizer(module: Path) -> Any:
+    """The module's tokenizer.json, or (XLM-R checkpoints without one) its sentencepiece.bpe.model converted."""
+    from tokenizers import Tokenizer
+
+    from acg2vec_models.text.sentencepiece import read_model, xlm_roberta_tokenizer
+
+    if (module / "tokenizer.json").exists():
+        return Tokenizer.from_file(str(module / "tokenizer.json"))
+    spm = module / "sentencepiece.bpe.model"
+    if spm.exists() and _json(module / "config.json").get("model_type") == "xlm-roberta":
+        try:
+            return xlm_roberta_tokenizer(read_model(spm.read_bytes()))
+        except ValueError as e:
+            raise UnsupportedModel(f"{spm}: {e}") from None
+    raise UnsupportedModel(
+        f"{module} has no tokenizer.json (nor an XLM-R sentencepiece.bpe.model); save the model with a fast tokenizer"
+    )
+
+
 def build_encoder(folder: Path) -> tuple[Any, str, list[str]]:
     """(TF encoder, tokenizer definition for serving, module kinds) of a sentence-transformers folder."""
-    from tokenizers import Tokenizer, normalizers
+    from tokenizers import normalizers
 
     from acg2vec_models.text.tf_encoders import BertConfig, BertTF, UseM3TF
 
@@ -106,10 +126,7 @@ def build_encoder(folder: Path) -> tuple[Any, str, list[str]]:
         raise UnsupportedModel(f"{folder} is not a sentence-transformers model folder (no modules.json)")
     kinds = [_kind(m) for m in modules]
     first = folder / modules[0].get("path", "")
-    tokenizer_file = first / "tokenizer.json"
-    if not tokenizer_file.exists():
-        raise UnsupportedModel(f"{first} has no tokenizer.json (save the model with a fast tokenizer)")
-    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    tokenizer = _tokenizer(first)
 
     if kinds[0] == "UseM3Encoder":
         if len(kinds) > 1:
@@ -127,7 +144,10 @@ def build_encoder(folder: Path) -> tuple[Any, str, list[str]]:
         raise UnsupportedModel(str(e)) from None
     st_config = _json(first / "sentence_bert_config.json")
     limit = int(config.get("max_position_embeddings", 512)) - bert.position_offset
-    max_length = min(int(st_config.get("max_seq_length") or limit), limit)
+    # sentence-transformers < 6 wrote max_seq_length into sentence_bert_config.json; 6 keeps it as the tokenizer's
+    # model_max_length (a huge sentinel when unset), both capped by the position table
+    declared = st_config.get("max_seq_length") or _json(first / "tokenizer_config.json").get("model_max_length")
+    max_length = min(int(declared or limit), limit)
     if st_config.get("do_lower_case"):
         steps = [normalizers.Lowercase()] + ([tokenizer.normalizer] if tokenizer.normalizer else [])
         tokenizer.normalizer = normalizers.Sequence(steps)

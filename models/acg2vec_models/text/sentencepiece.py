@@ -4,6 +4,8 @@ The multilingual USE ships a SentencePiece `.model`; TensorFlow core has no Sent
 `sentencepiece` package is a C++ build. A unigram `.model` is fully described by its pieces, their
 scores and the precompiled normaliser charsmap, which `tokenizers` implements natively; this module reads
 those from the protobuf (a dozen lines, no generated code) and builds the equivalent `Tokenizer`.
+`xlm_roberta_tokenizer` does the same for XLM-R checkpoints that ship only `sentencepiece.bpe.model`
+(fairseq's id layout, as transformers' converter builds it).
 """
 
 from __future__ import annotations
@@ -112,4 +114,28 @@ def to_tokenizer(model: SentencePieceModel, *, add_bos: bool = True, add_eos: bo
         single=single,
         special_tokens=[(bos, model.bos_id), (eos, model.eos_id)],
     )
+    return tokenizer
+
+
+XLM_R_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
+
+
+def xlm_roberta_tokenizer(model: SentencePieceModel) -> Tokenizer:
+    """XLM-R's tokenizer from its `sentencepiece.bpe.model`, as transformers' XLMRobertaConverter builds it:
+    ids 0-3 are <s> <pad> </s> <unk>, the model's pieces follow from its fourth piece on (fairseq's offset of one),
+    <mask> comes last; the charsmap normaliser, whitespace split then "▁" prefixing, and <s> ... </s>."""
+    vocab = [(token, 0.0) for token in XLM_R_SPECIALS]
+    vocab += [(piece, score) for piece, score, _ in model.pieces[3:]]
+    vocab.append(("<mask>", 0.0))
+    tokenizer = Tokenizer(models.Unigram(vocab, unk_id=3, byte_fallback=False))
+    if model.charsmap:
+        tokenizer.normalizer = normalizers.Precompiled(model.charsmap)
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement=SPACE, prepend_scheme="always")]
+    )
+    tokenizer.decoder = decoders.Metaspace(replacement=SPACE, prepend_scheme="always")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
+    tokenizer.add_special_tokens([*XLM_R_SPECIALS, "<mask>"])
     return tokenizer

@@ -6,6 +6,7 @@ Like TF-Serving it serves the newest version of each model and picks up a newer 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Mapping
@@ -74,7 +75,19 @@ class InProcessBackend:
             return loaded
 
     async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        """Runs fn on a TensorFlow thread. Cancelled (the caller went away, or its inference timeout passed) before
+        it started, it never runs; once started, a TensorFlow call cannot be stopped, so cancellation waits until
+        it returns: the batcher then sees the model busy until its thread is free again, and a slow model does
+        not take one thread after the other from the other models."""
+        work = self._executor.submit(fn, *args)
+        result = asyncio.wrap_future(work)
+        try:
+            return await asyncio.shield(result)
+        except asyncio.CancelledError:
+            if not work.cancel():
+                with contextlib.suppress(BaseException):
+                    await result
+            raise
 
     async def describe(self, model: str) -> ModelDescription:
         return (await self._run(self._load, model)).description

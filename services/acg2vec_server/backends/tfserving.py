@@ -11,6 +11,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
 from acg2vec_server.backends.signatures import signature_infos
+from acg2vec_server.domain.batching import timed_out
 from acg2vec_server.domain.errors import BackendUnavailable
 from acg2vec_server.domain.ports import InferenceBackend, InferenceInputError, ModelDescription, ModelNotInstalled
 from acg2vec_server.telemetry.backend_calls import instrumented
@@ -22,9 +23,13 @@ _UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, 
 class TFServingBackend:
     name = "inference"
 
-    def __init__(self, target: str, timeout_s: float = 30.0, max_message_bytes: int = 64 * 1024 * 1024):
+    def __init__(
+        self, target: str, timeout_s: float = 30.0, max_message_bytes: int = 64 * 1024 * 1024,
+        timeouts: Mapping[str, float] | None = None,
+    ):  # fmt: skip
         self.target = target
         self.timeout_s = timeout_s
+        self.timeouts = dict(timeouts or {})  # per model: the gRPC deadline of its calls
         self._channel = grpc.aio.insecure_channel(
             target,
             options=[
@@ -36,8 +41,13 @@ class TFServingBackend:
         )
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
 
+    def timeout_of(self, model: str) -> float:
+        return self.timeouts.get(model, self.timeout_s)
+
     def _error(self, model: str, e: grpc.aio.AioRpcError) -> Exception:
         code = e.code()
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED and self._channel.get_state() == grpc.ChannelConnectivity.READY:
+            return timed_out(model, self.timeout_of(model))  # connected, but the model was slower than its deadline
         if code in _UNREACHABLE:
             return BackendUnavailable(
                 self.name, f"TF-Serving at {self.target} is unreachable ({code.name}); retry later"
@@ -52,7 +62,7 @@ class TFServingBackend:
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
         request.model_spec.name = model
         try:
-            response = await self._stub.GetModelMetadata(request, timeout=self.timeout_s)
+            response = await self._stub.GetModelMetadata(request, timeout=self.timeout_of(model))
         except grpc.aio.AioRpcError as e:
             raise self._error(model, e) from None
         defs = get_model_metadata_pb2.SignatureDefMap()
@@ -68,7 +78,7 @@ class TFServingBackend:
         for key, value in inputs.items():
             request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
         try:
-            response = await self._stub.Predict(request, timeout=self.timeout_s)
+            response = await self._stub.Predict(request, timeout=self.timeout_of(model))
         except grpc.aio.AioRpcError as e:
             raise self._error(model, e) from None
         outputs = {k: tf.make_ndarray(v) for k, v in response.outputs.items()}

@@ -1,10 +1,12 @@
 """`acg2vec models ...`: the model repository (TF-Serving layout). Build the development or default models, list
-them, write models.config, and import published weights (DeepDanbooru, WD14, ACG2vec, sentence-transformers) as
-new versions, which a running server picks up. Details: docs/image-models-import-train.md, docs/text-model.md.
+them, write models.config, and import published weights (DeepDanbooru, WD14, ACG2vec, ONNX taggers,
+sentence-transformers) as new versions, which a running server picks up. Details:
+docs/image-models-import-train.md, docs/text-model.md.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -154,6 +156,78 @@ def import_acg2vec(
     from acg2vec_models.importers.acg2vec import import_acg2vec as run
 
     _run_import("acg2vec", path, repository, lambda root: run(path, root, role, name, tags_path))
+
+
+@import_models.command("onnx")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@repository_option
+@click.option("--name", default="tagger", show_default=True, help="repository name of the model")
+@click.option(
+    "--interface", type=click.Choice(["wd-v3", "camie-v2", "pixai", "deepdanbooru"]), default=None,
+    help="the source's interface (default: told by the tag file and the input layout)",
+)  # fmt: skip
+@_tags_option("selected_tags.csv, Camie's metadata json or tags.txt (default: the one beside the model)")
+@click.option("--verify/--no-verify", default=True, help="compare with onnxruntime on two pictures, when installed")
+def import_onnx(
+    path: Path, repository: Path | None, name: str, interface: str | None, tags_path: Path | None, verify: bool
+) -> None:
+    """ONNX tagger (WD v3, Camie v2, PixAI, DeepDanbooru export): a folder with the .onnx file and its tag file,
+    or the .onnx file -> tagger, preprocessing in the graph as the source's own code does it."""
+    from tqdm import tqdm
+
+    from acg2vec_models.importers import ImportFailed
+    from acg2vec_models.importers.onnx_tagger import (
+        IMPORT_STEPS,
+        VERIFY_TOLERANCE,
+        ImportedTagger,
+        compare_with_onnxruntime,
+        import_onnx_tagger,
+    )
+
+    setup_logging("WARNING", timestamps=False)
+    root = models_root(repository)
+    click.echo(f"importing the ONNX tagger {path} into {root} ...")
+    checked: list[str] = []
+
+    def verify_conversion(result: ImportedTagger) -> None:
+        try:
+            difference = compare_with_onnxruntime(result)
+        except ImportError:
+            checked.append("not compared with onnxruntime (not installed: pip install onnxruntime)")
+            return
+        except Exception as e:  # onnxruntime could not run the file: say so rather than install unchecked
+            raise ImportFailed(
+                f"could not compare with onnxruntime ({type(e).__name__}: {e}); nothing was installed. Rerun with "
+                "--no-verify to install without the check"
+            ) from None
+        if difference > VERIFY_TOLERANCE:
+            raise ImportFailed(
+                f"the converted model differs from onnxruntime by {difference:.2e} on two pictures (more than "
+                f"{VERIFY_TOLERANCE:g}), so it was not installed; report the model's ops ({', '.join(result.op_types)})"
+            )
+        checked.append(f"largest difference from onnxruntime on 2 pictures: {difference:.1e}")
+
+    with tqdm(total=len(IMPORT_STEPS), unit="step", disable=not sys.stderr.isatty(), bar_format="{desc} {n}/{total} "
+              "[{elapsed}]") as bar:  # fmt: skip
+
+        def step(description: str) -> None:
+            bar.update(IMPORT_STEPS.index(description) - bar.n)
+            bar.set_description(description)
+
+        try:
+            result = import_onnx_tagger(
+                path, root, name, interface, tags_path, progress=step, check=verify_conversion if verify else None
+            )
+        except ImportFailed as e:
+            raise click.ClickException(str(e)) from None
+        bar.update(len(IMPORT_STEPS) - bar.n)
+    shape = "x".join("N" if d is None else str(d) for d in result.input_shape)
+    click.echo(f"interface: {result.interface}{'' if interface else ' (detected)'}")
+    click.echo(f"input: {result.input_name} float32 {shape}, {result.size} px")
+    click.echo(f"output: {result.output_name} ({result.tags} tags)")
+    for line in checked:
+        click.echo(line)
+    click.echo(f"{result.name} version {result.version}: {result.path}")
 
 
 @import_models.command("sentence-transformers")

@@ -23,6 +23,13 @@ def serve(**overrides: Any) -> None:
         Security.from_settings(settings)  # fail fast, before the heavy imports and any backend
     except SecurityConfigError as e:
         raise click.ClickException(f"refusing to start: {e}") from None
+    if settings.tag_thresholds_file:
+        from acg2vec_server.domain.tagging import read_tag_thresholds
+
+        try:
+            read_tag_thresholds(settings.tag_thresholds_file)
+        except ValueError as e:
+            raise click.ClickException(f"refusing to start: {e}") from None
 
     from acg2vec_models import repository
     from acg2vec_server.app import serve as run

@@ -11,7 +11,15 @@ to fill up.
 Bounds, so that load cannot grow memory without limit:
 - at most `max_queued` items wait per model; past it a request is refused with `Overloaded`
   (RESOURCE_EXHAUSTED with a retry hint) instead of queueing;
-- at most `concurrency` batches of one model run at once (the rest keep collecting requests).
+- at most `concurrency` batches of one model run at once (the rest keep collecting requests);
+- a request of more than `max_size` items runs as chunks of `max_size`, one after the other, each queued
+  behind what arrived meanwhile: a big model with a small batch size (a full-size imported tagger on a CPU)
+  keeps answering everyone instead of running one caller's 64 images in one go;
+- a chunk that waits and runs longer than `timeout_s` fails with UNAVAILABLE (and a retry hint) and its caller
+  is freed; its work is dropped if it has not started (see below).
+
+Each model may have its own `max_size` and `timeout_s` (`Batcher.policy_for`; settings
+batch_max_size_per_model and inference_timeout_s_per_model).
 
 A request whose caller went away (deadline passed, call cancelled) before its batch started is dropped
 and never runs; a batch whose callers have all gone is cancelled (the in-process backend then drops it
@@ -27,12 +35,12 @@ import contextvars
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
-from acg2vec_server.domain.errors import Overloaded
+from acg2vec_server.domain.errors import BackendUnavailable, Overloaded
 from acg2vec_server.domain.ports import InferenceInputError
 
 log = logging.getLogger(__name__)
@@ -57,6 +65,16 @@ class BatchPolicy:
     max_wait_s: float = 0.005  # how long a batch waits for more requests while the model is busy
     max_queued: int = 256  # items waiting per model before requests are refused
     concurrency: int = 1  # batches of one model running at once
+    timeout_s: float | None = None  # longest wait + run of one request (or chunk) for the model; None: no limit
+
+
+def timed_out(model: str, timeout_s: float) -> BackendUnavailable:
+    """The error of a model call that took longer than its timeout (the batcher's, or a backend's deadline)."""
+    return BackendUnavailable(
+        "inference",
+        f"model '{model}' did not answer within its {timeout_s:g} s inference timeout; retry later, send fewer "
+        "images a call, or raise ACG2VEC_INFERENCE_TIMEOUT_S (ACG2VEC_INFERENCE_TIMEOUT_S_PER_MODEL for one model)",
+    )
 
 
 @dataclass(eq=False)
@@ -244,29 +262,56 @@ def _settle(job: _Job, result: Outputs | None = None, error: BaseException | Non
 class Batcher:
     """Runs model signatures through per-model queues; same interface as InferenceBackend.predict."""
 
-    def __init__(self, predict: Predict, policy: BatchPolicy, max_sizes: Mapping[str, int] | None = None):
+    def __init__(
+        self, predict: Predict, policy: BatchPolicy, max_sizes: Mapping[str, int] | None = None,
+        timeouts: Mapping[str, float] | None = None,
+    ):  # fmt: skip
         self._predict = predict
         self.policy = policy
         self.max_sizes = dict(max_sizes or {})
+        self.timeouts = dict(timeouts or {})
         self._queues: dict[tuple[str, str], _ModelQueue] = {}
 
     def policy_for(self, model: str) -> BatchPolicy:
-        size = self.max_sizes.get(model)
-        if size is None:
-            return self.policy
-        return BatchPolicy(size, self.policy.max_wait_s, self.policy.max_queued, self.policy.concurrency)
+        """The policy with this model's own batch size and timeout, where it has them."""
+        return replace(
+            self.policy,
+            max_size=self.max_sizes.get(model, self.policy.max_size),
+            timeout_s=self.timeouts.get(model, self.policy.timeout_s),
+        )
 
     async def predict(
         self, model: str, inputs: Mapping[str, np.ndarray], signature: str = "serving_default"
     ) -> Outputs:
         size = batch_size_of(inputs)
         if size is None:  # e.g. the labels signature: no batch axis, nothing to join
-            return await self._predict(model, inputs, signature)
+            return await self._within(model, self._predict(model, inputs, signature))
         key = (model, signature)
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = _ModelQueue(model, signature, self.policy_for(model), self._predict)
-        return await queue.submit(inputs, size)
+        if size <= queue.policy.max_size:
+            return await self._within(model, queue.submit(inputs, size))
+        step = queue.policy.max_size
+        for _ in range(2):
+            answers = []
+            for start in range(0, size, step):  # one after the other: others' requests get in between
+                chunk = {k: v[start : start + step] for k, v in inputs.items()}
+                answers.append(await self._within(model, queue.submit(chunk, min(step, size - start))))
+            versions = {version for _, version in answers}
+            if len(versions) == 1:
+                return {k: np.concatenate([out[k] for out, _ in answers]) for k in answers[0][0]}, versions.pop()
+            log.info("model %s changed versions during a request of %d items: running it again", model, size)
+        raise BackendUnavailable("inference", f"model '{model}' keeps changing versions; retry later")
+
+    async def _within(self, model: str, call: Awaitable[Outputs]) -> Outputs:
+        timeout = self.policy_for(model).timeout_s
+        if timeout is None:
+            return await call
+        try:
+            return await asyncio.wait_for(call, timeout)
+        except TimeoutError:
+            raise timed_out(model, timeout) from None
 
     async def close(self) -> None:
         for queue in self._queues.values():

@@ -8,11 +8,11 @@ from typing import Literal
 import numpy as np
 
 RATINGS: tuple[str, ...] = ("general", "sensitive", "questionable", "explicit")
-#: Vocabulary names of rating tags -> rating (DeepDanbooru's rating:safe is Danbooru's "general").
+#: Vocabulary names of rating tags -> rating: WD's bare names, DeepDanbooru's "rating:" ones (its rating:safe is
+#: Danbooru's "general") and Camie v2's "rating_" ones (docs/image-models-import-train.md, "Ratings").
 RATING_TAGS: dict[str, str] = {
-    "general": "general", "sensitive": "sensitive", "questionable": "questionable", "explicit": "explicit",
-    "rating:safe": "general", "rating:general": "general", "rating:sensitive": "sensitive",
-    "rating:questionable": "questionable", "rating:explicit": "explicit",
+    **{f"{prefix}{r}": r for prefix in ("", "rating:", "rating_") for r in RATINGS},
+    "rating:safe": "general",
 }  # fmt: skip
 Space = Literal["image", "text"]
 RecordState = Literal["committed", "pending", "deleting"]
@@ -62,11 +62,16 @@ class ImageTags:
     popularity: Popularity | None = None
 
 
+ThresholdMode = Literal["fixed", "mcut"]
+
+
 @dataclass
 class TagOptions:
     thresholds: dict[str, float] = field(default_factory=dict)  # category -> threshold
     top_k: int = 0
     include_popularity: bool = False
+    tag_thresholds: dict[str, float] = field(default_factory=dict)  # tag name -> threshold (over its category's)
+    modes: dict[str, ThresholdMode] = field(default_factory=dict)  # category -> how its cut is chosen
 
 
 @dataclass

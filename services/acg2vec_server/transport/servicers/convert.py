@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from acg2vec.v1 import common_pb2, search_pb2, tagging_pb2
 from acg2vec_server.domain import types
 from acg2vec_server.domain.errors import FieldViolation, InvalidInput
@@ -16,6 +18,11 @@ RATING = {
     "questionable": common_pb2.RATING_QUESTIONABLE, "explicit": common_pb2.RATING_EXPLICIT,
 }  # fmt: skip
 RATING_NAME = {v: k for k, v in RATING.items()}
+MODE_CATEGORIES = ("general", "character", "copyright", "artist", "meta")  # CategoryModes' fields
+THRESHOLD_MODE: dict[int, types.ThresholdMode | Literal["default"]] = {
+    tagging_pb2.THRESHOLD_MODE_UNSPECIFIED: "default", tagging_pb2.THRESHOLD_MODE_FIXED: "fixed",
+    tagging_pb2.THRESHOLD_MODE_MCUT: "mcut",
+}  # fmt: skip
 SPACE = {"image": search_pb2.VECTOR_SPACE_IMAGE, "text": search_pb2.VECTOR_SPACE_TEXT}
 OUTCOME = {
     "created": search_pb2.INDEX_OUTCOME_CREATED, "updated": search_pb2.INDEX_OUTCOME_UPDATED,
@@ -48,12 +55,22 @@ def tag_options(options: tagging_pb2.TagOptions) -> types.TagOptions:
     bad = [f"options.thresholds.{k}" for k, v in thresholds.items() if not 0.0 <= v <= 1.0]
     if options.top_k < 0:
         bad.append("options.top_k")
+    bad += [f"options.tag_thresholds[{k!r}]" for k, v in options.tag_thresholds.items() if not 0.0 <= v <= 1.0]
+    modes: dict[str, types.ThresholdMode] = {}
+    if options.HasField("modes"):
+        for name in MODE_CATEGORIES:
+            mode = THRESHOLD_MODE.get(getattr(options.modes, name))
+            if mode is None:
+                bad.append(f"options.modes.{name}")
+            elif mode != "default":
+                modes[name] = mode
     if bad:
         raise InvalidInput(
-            f"{', '.join(bad)} out of range: thresholds are in [0, 1], top_k >= 0 (0: server default)",
+            f"{', '.join(bad)} out of range: thresholds are in [0, 1], top_k >= 0 (0: server default), modes are "
+            "THRESHOLD_MODE_FIXED or THRESHOLD_MODE_MCUT",
             [FieldViolation(f, "out of range") for f in bad],
         )
-    return types.TagOptions(thresholds, options.top_k, options.include_popularity)
+    return types.TagOptions(thresholds, options.top_k, options.include_popularity, dict(options.tag_thresholds), modes)
 
 
 def distribution(bins: list[types.PopularityBin]) -> tagging_pb2.Distribution:

@@ -152,10 +152,16 @@ class AsyncAcg2vecClient(BaseClient):
         top_k: int = 0,
         thresholds: Mapping[str, float] | None = None,
         include_popularity: bool = False,
+        tag_thresholds: Mapping[str, float] | None = None,
+        modes: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> tagging_pb2.TagImageResponse:
-        """Tags one encoded image; thresholds map category names ("general", ...) to minimum scores."""
-        options = rq.tag_options(top_k=top_k, thresholds=thresholds, include_popularity=include_popularity)
+        """Tags one encoded image; thresholds map category names ("general", ...) to minimum scores, modes
+        map them to "fixed" or "mcut", tag_thresholds map tag names to their own thresholds."""
+        options = rq.tag_options(
+            top_k=top_k, thresholds=thresholds, include_popularity=include_popularity,
+            tag_thresholds=tag_thresholds, modes=modes,
+        )  # fmt: skip
         request = tagging_pb2.TagImageRequest(image=image, options=options)
         return await self._unary(self.tagging.TagImage, request, timeout)
 
@@ -166,11 +172,16 @@ class AsyncAcg2vecClient(BaseClient):
         top_k: int = 0,
         thresholds: Mapping[str, float] | None = None,
         include_popularity: bool = False,
+        tag_thresholds: Mapping[str, float] | None = None,
+        modes: Mapping[str, str] | None = None,
         batch_size: int | None = None,
         timeout: float | None = None,
     ) -> tagging_pb2.BatchTagImagesResponse:
         """Tags many images, one BatchTagImages call per chunk (sequential, to not flood the server); merged."""
-        options = rq.tag_options(top_k=top_k, thresholds=thresholds, include_popularity=include_popularity)
+        options = rq.tag_options(
+            top_k=top_k, thresholds=thresholds, include_popularity=include_popularity,
+            tag_thresholds=tag_thresholds, modes=modes,
+        )  # fmt: skip
         merged = tagging_pb2.BatchTagImagesResponse()
         for chunk in rq.chunked(images, self._batch_size(batch_size)):
             request = tagging_pb2.BatchTagImagesRequest(images=chunk, options=options)
@@ -185,10 +196,15 @@ class AsyncAcg2vecClient(BaseClient):
         top_k: int = 0,
         thresholds: Mapping[str, float] | None = None,
         include_popularity: bool = False,
+        tag_thresholds: Mapping[str, float] | None = None,
+        modes: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> AsyncIterator[tagging_pb2.StreamTagImagesResponse]:
         """Bulk tagging over one stream; use with `async for`. Per-item failures arrive with `error` set."""
-        options = rq.tag_options(top_k=top_k, thresholds=thresholds, include_popularity=include_popularity)
+        options = rq.tag_options(
+            top_k=top_k, thresholds=thresholds, include_popularity=include_popularity,
+            tag_thresholds=tag_thresholds, modes=modes,
+        )  # fmt: skip
         requests = _mapped(items, lambda item: rq.stream_tag_request(item, options))
         return _responses(
             lambda: self.tagging.StreamTagImages(

@@ -32,6 +32,7 @@ IndexStreamItem: TypeAlias = (
 )
 
 _THRESHOLD_KEYS = ("general", "character", "copyright", "artist", "meta", "rating")
+_MODE_KEYS = _THRESHOLD_KEYS[:-1]  # ratings are never cut
 _RATING_ALIASES = {"safe": common_pb2.RATING_GENERAL}
 
 
@@ -48,17 +49,38 @@ def tag_options(
     top_k: int = 0,
     thresholds: Mapping[str, float] | None = None,
     include_popularity: bool = False,
+    tag_thresholds: Mapping[str, float] | None = None,
+    modes: Mapping[str, str | int] | None = None,
 ) -> tagging_pb2.TagOptions:
-    """Threshold keys are category names ("general", "character", ...); unset ones keep the server default."""
+    """Threshold and mode keys are category names ("general", "character", ...); unset ones keep the server
+    default. tag_thresholds: tag name -> threshold, over its category's. modes: category -> "fixed" or "mcut"
+    (the adaptive cut of the WD tagger apps)."""
     if top_k < 0:
         raise ValueError(f"top_k must be >= 0, got {top_k}")
-    options = tagging_pb2.TagOptions(top_k=top_k, include_popularity=include_popularity)
+    options = tagging_pb2.TagOptions(
+        top_k=top_k, include_popularity=include_popularity, tag_thresholds=dict(tag_thresholds or {})
+    )
     for key, value in (thresholds or {}).items():
         name = key.lower().removeprefix("tag_category_")
         if name not in _THRESHOLD_KEYS:
             raise ValueError(f"unknown threshold category {key!r}; expected one of {', '.join(_THRESHOLD_KEYS)}")
         setattr(options.thresholds, name, float(value))
+    for key, mode in (modes or {}).items():
+        name = key.lower().removeprefix("tag_category_")
+        if name not in _MODE_KEYS:
+            raise ValueError(f"unknown mode category {key!r}; expected one of {', '.join(_MODE_KEYS)}")
+        setattr(options.modes, name, threshold_mode(mode))
     return options
+
+
+def threshold_mode(value: str | int) -> tagging_pb2.ThresholdMode.ValueType:
+    """ "fixed" / "mcut" (any case, with or without the THRESHOLD_MODE_ prefix) or the enum value."""
+    if isinstance(value, str):
+        try:
+            return tagging_pb2.ThresholdMode.Value("THRESHOLD_MODE_" + value.upper().removeprefix("THRESHOLD_MODE_"))
+        except ValueError:
+            raise ValueError(f"unknown threshold mode {value!r}; expected fixed or mcut") from None
+    return tagging_pb2.ThresholdMode.ValueType(int(value))
 
 
 def rating(value: RatingLike) -> common_pb2.Rating.ValueType:

@@ -99,10 +99,16 @@ class Acg2vecClient(BaseClient):
         top_k: int = 0,
         thresholds: Mapping[str, float] | None = None,
         include_popularity: bool = False,
+        tag_thresholds: Mapping[str, float] | None = None,
+        modes: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> tagging_pb2.TagImageResponse:
-        """Tags one encoded image; thresholds map category names ("general", ...) to minimum scores."""
-        options = rq.tag_options(top_k=top_k, thresholds=thresholds, include_popularity=include_popularity)
+        """Tags one encoded image; thresholds map category names ("general", ...) to minimum scores, modes
+        map them to "fixed" or "mcut", tag_thresholds map tag names to their own thresholds."""
+        options = rq.tag_options(
+            top_k=top_k, thresholds=thresholds, include_popularity=include_popularity,
+            tag_thresholds=tag_thresholds, modes=modes,
+        )  # fmt: skip
         request = tagging_pb2.TagImageRequest(image=image, options=options)
         return self._unary(self.tagging.TagImage, request, timeout)
 
@@ -113,6 +119,8 @@ class Acg2vecClient(BaseClient):
         top_k: int = 0,
         thresholds: Mapping[str, float] | None = None,
         include_popularity: bool = False,
+        tag_thresholds: Mapping[str, float] | None = None,
+        modes: Mapping[str, str] | None = None,
         batch_size: int | None = None,
         timeout: float | None = None,
     ) -> tagging_pb2.BatchTagImagesResponse:
@@ -120,7 +128,10 @@ class Acg2vecClient(BaseClient):
 
         `timeout` applies to each chunk's call.
         """
-        options = rq.tag_options(top_k=top_k, thresholds=thresholds, include_popularity=include_popularity)
+        options = rq.tag_options(
+            top_k=top_k, thresholds=thresholds, include_popularity=include_popularity,
+            tag_thresholds=tag_thresholds, modes=modes,
+        )  # fmt: skip
         merged = tagging_pb2.BatchTagImagesResponse()
         for chunk in rq.chunked(images, self._batch_size(batch_size)):
             request = tagging_pb2.BatchTagImagesRequest(images=chunk, options=options)
@@ -135,6 +146,8 @@ class Acg2vecClient(BaseClient):
         top_k: int = 0,
         thresholds: Mapping[str, float] | None = None,
         include_popularity: bool = False,
+        tag_thresholds: Mapping[str, float] | None = None,
+        modes: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> Iterator[tagging_pb2.StreamTagImagesResponse]:
         """Bulk tagging over one stream; items are (request_id, image) or ready requests, answers carry request_id.
@@ -142,7 +155,10 @@ class Acg2vecClient(BaseClient):
         Per-item failures arrive as responses with `error` set; the returned iterator is also a grpc.Call,
         so `.cancel()` stops the stream.
         """
-        options = rq.tag_options(top_k=top_k, thresholds=thresholds, include_popularity=include_popularity)
+        options = rq.tag_options(
+            top_k=top_k, thresholds=thresholds, include_popularity=include_popularity,
+            tag_thresholds=tag_thresholds, modes=modes,
+        )  # fmt: skip
         requests = (rq.stream_tag_request(item, options) for item in items)
         return self.tagging.StreamTagImages(requests, timeout=self._stream_timeout(timeout), metadata=self._metadata)
 

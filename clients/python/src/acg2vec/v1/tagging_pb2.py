@@ -25,43 +25,51 @@ _sym_db = _symbol_database.Default()
 from acg2vec.v1 import common_pb2 as acg2vec_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61\x63g2vec/v1/tagging.proto\x12\nacg2vec.v1\x1a\x17\x61\x63g2vec/v1/common.proto\"\xde\x01\n\x12\x43\x61tegoryThresholds\x12\x14\n\x07general\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x16\n\tcharacter\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x16\n\tcopyright\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x13\n\x06\x61rtist\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x11\n\x04meta\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x13\n\x06rating\x18\x06 \x01(\x02H\x05\x88\x01\x01\x42\n\n\x08_generalB\x0c\n\n_characterB\x0c\n\n_copyrightB\t\n\x07_artistB\x07\n\x05_metaB\t\n\x07_rating\"k\n\nTagOptions\x12\x32\n\nthresholds\x18\x01 \x01(\x0b\x32\x1e.acg2vec.v1.CategoryThresholds\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\x1a\n\x12include_popularity\x18\x03 \x01(\x08\"I\n\x0fTagImageRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\'\n\x07options\x18\x02 \x01(\x0b\x32\x16.acg2vec.v1.TagOptions\"@\n\x0bRatingScore\x12\"\n\x06rating\x18\x01 \x01(\x0e\x32\x12.acg2vec.v1.Rating\x12\r\n\x05score\x18\x02 \x01(\x02\"D\n\x0f\x44istributionBin\x12\r\n\x05lower\x18\x01 \x01(\x02\x12\r\n\x05upper\x18\x02 \x01(\x02\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"R\n\x0c\x44istribution\x12)\n\x04\x62ins\x18\x01 \x03(\x0b\x32\x1b.acg2vec.v1.DistributionBin\x12\x17\n\x0fmost_likely_bin\x18\x02 \x01(\x05\"\xb8\x01\n\nPopularity\x12+\n\tbookmarks\x18\x01 \x01(\x0b\x32\x18.acg2vec.v1.Distribution\x12\'\n\x05views\x18\x02 \x01(\x0b\x32\x18.acg2vec.v1.Distribution\x12.\n\x0csanity_level\x18\x03 \x01(\x0b\x32\x18.acg2vec.v1.Distribution\x12$\n\x05model\x18\x04 \x01(\x0b\x32\x15.acg2vec.v1.ModelInfo\"\xd0\x01\n\tImageTags\x12\x1d\n\x04tags\x18\x01 \x03(\x0b\x32\x0f.acg2vec.v1.Tag\x12\"\n\x06rating\x18\x02 \x01(\x0e\x32\x12.acg2vec.v1.Rating\x12.\n\rrating_scores\x18\x03 \x03(\x0b\x32\x17.acg2vec.v1.RatingScore\x12*\n\npopularity\x18\x04 \x01(\x0b\x32\x16.acg2vec.v1.Popularity\x12$\n\x05model\x18\x05 \x01(\x0b\x32\x15.acg2vec.v1.ModelInfo\"9\n\x10TagImageResponse\x12%\n\x06result\x18\x01 \x01(\x0b\x32\x15.acg2vec.v1.ImageTags\"P\n\x15\x42\x61tchTagImagesRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\x12\'\n\x07options\x18\x02 \x01(\x0b\x32\x16.acg2vec.v1.TagOptions\"@\n\x16\x42\x61tchTagImagesResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.acg2vec.v1.ImageTags\"d\n\x16StreamTagImagesRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\'\n\x07options\x18\x03 \x01(\x0b\x32\x16.acg2vec.v1.TagOptions\"\x89\x01\n\x17StreamTagImagesResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x06result\x18\x02 \x01(\x0b\x32\x15.acg2vec.v1.ImageTagsH\x00\x12&\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x15.acg2vec.v1.ItemErrorH\x00\x42\t\n\x07outcome\")\n\x18PredictPopularityRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\"G\n\x19PredictPopularityResponse\x12*\n\npopularity\x18\x01 \x01(\x0b\x32\x16.acg2vec.v1.Popularity2\xf2\x02\n\x0eTaggingService\x12\x45\n\x08TagImage\x12\x1b.acg2vec.v1.TagImageRequest\x1a\x1c.acg2vec.v1.TagImageResponse\x12W\n\x0e\x42\x61tchTagImages\x12!.acg2vec.v1.BatchTagImagesRequest\x1a\".acg2vec.v1.BatchTagImagesResponse\x12^\n\x0fStreamTagImages\x12\".acg2vec.v1.StreamTagImagesRequest\x1a#.acg2vec.v1.StreamTagImagesResponse(\x01\x30\x01\x12`\n\x11PredictPopularity\x12$.acg2vec.v1.PredictPopularityRequest\x1a%.acg2vec.v1.PredictPopularityResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61\x63g2vec/v1/tagging.proto\x12\nacg2vec.v1\x1a\x17\x61\x63g2vec/v1/common.proto\"\xde\x01\n\x12\x43\x61tegoryThresholds\x12\x14\n\x07general\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x16\n\tcharacter\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x16\n\tcopyright\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x13\n\x06\x61rtist\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x11\n\x04meta\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x13\n\x06rating\x18\x06 \x01(\x02H\x05\x88\x01\x01\x42\n\n\x08_generalB\x0c\n\n_characterB\x0c\n\n_copyrightB\t\n\x07_artistB\x07\n\x05_metaB\t\n\x07_rating\"\xeb\x01\n\rCategoryModes\x12*\n\x07general\x18\x01 \x01(\x0e\x32\x19.acg2vec.v1.ThresholdMode\x12,\n\tcharacter\x18\x02 \x01(\x0e\x32\x19.acg2vec.v1.ThresholdMode\x12,\n\tcopyright\x18\x03 \x01(\x0e\x32\x19.acg2vec.v1.ThresholdMode\x12)\n\x06\x61rtist\x18\x04 \x01(\x0e\x32\x19.acg2vec.v1.ThresholdMode\x12\'\n\x04meta\x18\x05 \x01(\x0e\x32\x19.acg2vec.v1.ThresholdMode\"\x8e\x02\n\nTagOptions\x12\x32\n\nthresholds\x18\x01 \x01(\x0b\x32\x1e.acg2vec.v1.CategoryThresholds\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\x1a\n\x12include_popularity\x18\x03 \x01(\x08\x12\x41\n\x0etag_thresholds\x18\x04 \x03(\x0b\x32).acg2vec.v1.TagOptions.TagThresholdsEntry\x12(\n\x05modes\x18\x05 \x01(\x0b\x32\x19.acg2vec.v1.CategoryModes\x1a\x34\n\x12TagThresholdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"I\n\x0fTagImageRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\'\n\x07options\x18\x02 \x01(\x0b\x32\x16.acg2vec.v1.TagOptions\"@\n\x0bRatingScore\x12\"\n\x06rating\x18\x01 \x01(\x0e\x32\x12.acg2vec.v1.Rating\x12\r\n\x05score\x18\x02 \x01(\x02\"D\n\x0f\x44istributionBin\x12\r\n\x05lower\x18\x01 \x01(\x02\x12\r\n\x05upper\x18\x02 \x01(\x02\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"R\n\x0c\x44istribution\x12)\n\x04\x62ins\x18\x01 \x03(\x0b\x32\x1b.acg2vec.v1.DistributionBin\x12\x17\n\x0fmost_likely_bin\x18\x02 \x01(\x05\"\xb8\x01\n\nPopularity\x12+\n\tbookmarks\x18\x01 \x01(\x0b\x32\x18.acg2vec.v1.Distribution\x12\'\n\x05views\x18\x02 \x01(\x0b\x32\x18.acg2vec.v1.Distribution\x12.\n\x0csanity_level\x18\x03 \x01(\x0b\x32\x18.acg2vec.v1.Distribution\x12$\n\x05model\x18\x04 \x01(\x0b\x32\x15.acg2vec.v1.ModelInfo\"\xd0\x01\n\tImageTags\x12\x1d\n\x04tags\x18\x01 \x03(\x0b\x32\x0f.acg2vec.v1.Tag\x12\"\n\x06rating\x18\x02 \x01(\x0e\x32\x12.acg2vec.v1.Rating\x12.\n\rrating_scores\x18\x03 \x03(\x0b\x32\x17.acg2vec.v1.RatingScore\x12*\n\npopularity\x18\x04 \x01(\x0b\x32\x16.acg2vec.v1.Popularity\x12$\n\x05model\x18\x05 \x01(\x0b\x32\x15.acg2vec.v1.ModelInfo\"9\n\x10TagImageResponse\x12%\n\x06result\x18\x01 \x01(\x0b\x32\x15.acg2vec.v1.ImageTags\"P\n\x15\x42\x61tchTagImagesRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\x12\'\n\x07options\x18\x02 \x01(\x0b\x32\x16.acg2vec.v1.TagOptions\"@\n\x16\x42\x61tchTagImagesResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.acg2vec.v1.ImageTags\"d\n\x16StreamTagImagesRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\'\n\x07options\x18\x03 \x01(\x0b\x32\x16.acg2vec.v1.TagOptions\"\x89\x01\n\x17StreamTagImagesResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x06result\x18\x02 \x01(\x0b\x32\x15.acg2vec.v1.ImageTagsH\x00\x12&\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x15.acg2vec.v1.ItemErrorH\x00\x42\t\n\x07outcome\")\n\x18PredictPopularityRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\"G\n\x19PredictPopularityResponse\x12*\n\npopularity\x18\x01 \x01(\x0b\x32\x16.acg2vec.v1.Popularity*b\n\rThresholdMode\x12\x1e\n\x1aTHRESHOLD_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14THRESHOLD_MODE_FIXED\x10\x01\x12\x17\n\x13THRESHOLD_MODE_MCUT\x10\x02\x32\xf2\x02\n\x0eTaggingService\x12\x45\n\x08TagImage\x12\x1b.acg2vec.v1.TagImageRequest\x1a\x1c.acg2vec.v1.TagImageResponse\x12W\n\x0e\x42\x61tchTagImages\x12!.acg2vec.v1.BatchTagImagesRequest\x1a\".acg2vec.v1.BatchTagImagesResponse\x12^\n\x0fStreamTagImages\x12\".acg2vec.v1.StreamTagImagesRequest\x1a#.acg2vec.v1.StreamTagImagesResponse(\x01\x30\x01\x12`\n\x11PredictPopularity\x12$.acg2vec.v1.PredictPopularityRequest\x1a%.acg2vec.v1.PredictPopularityResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'acg2vec.v1.tagging_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_TAGOPTIONS_TAGTHRESHOLDSENTRY']._loaded_options = None
+  _globals['_TAGOPTIONS_TAGTHRESHOLDSENTRY']._serialized_options = b'8\001'
+  _globals['_THRESHOLDMODE']._serialized_start=2059
+  _globals['_THRESHOLDMODE']._serialized_end=2157
   _globals['_CATEGORYTHRESHOLDS']._serialized_start=66
   _globals['_CATEGORYTHRESHOLDS']._serialized_end=288
-  _globals['_TAGOPTIONS']._serialized_start=290
-  _globals['_TAGOPTIONS']._serialized_end=397
-  _globals['_TAGIMAGEREQUEST']._serialized_start=399
-  _globals['_TAGIMAGEREQUEST']._serialized_end=472
-  _globals['_RATINGSCORE']._serialized_start=474
-  _globals['_RATINGSCORE']._serialized_end=538
-  _globals['_DISTRIBUTIONBIN']._serialized_start=540
-  _globals['_DISTRIBUTIONBIN']._serialized_end=608
-  _globals['_DISTRIBUTION']._serialized_start=610
-  _globals['_DISTRIBUTION']._serialized_end=692
-  _globals['_POPULARITY']._serialized_start=695
-  _globals['_POPULARITY']._serialized_end=879
-  _globals['_IMAGETAGS']._serialized_start=882
-  _globals['_IMAGETAGS']._serialized_end=1090
-  _globals['_TAGIMAGERESPONSE']._serialized_start=1092
-  _globals['_TAGIMAGERESPONSE']._serialized_end=1149
-  _globals['_BATCHTAGIMAGESREQUEST']._serialized_start=1151
-  _globals['_BATCHTAGIMAGESREQUEST']._serialized_end=1231
-  _globals['_BATCHTAGIMAGESRESPONSE']._serialized_start=1233
-  _globals['_BATCHTAGIMAGESRESPONSE']._serialized_end=1297
-  _globals['_STREAMTAGIMAGESREQUEST']._serialized_start=1299
-  _globals['_STREAMTAGIMAGESREQUEST']._serialized_end=1399
-  _globals['_STREAMTAGIMAGESRESPONSE']._serialized_start=1402
-  _globals['_STREAMTAGIMAGESRESPONSE']._serialized_end=1539
-  _globals['_PREDICTPOPULARITYREQUEST']._serialized_start=1541
-  _globals['_PREDICTPOPULARITYREQUEST']._serialized_end=1582
-  _globals['_PREDICTPOPULARITYRESPONSE']._serialized_start=1584
-  _globals['_PREDICTPOPULARITYRESPONSE']._serialized_end=1655
-  _globals['_TAGGINGSERVICE']._serialized_start=1658
-  _globals['_TAGGINGSERVICE']._serialized_end=2028
+  _globals['_CATEGORYMODES']._serialized_start=291
+  _globals['_CATEGORYMODES']._serialized_end=526
+  _globals['_TAGOPTIONS']._serialized_start=529
+  _globals['_TAGOPTIONS']._serialized_end=799
+  _globals['_TAGOPTIONS_TAGTHRESHOLDSENTRY']._serialized_start=747
+  _globals['_TAGOPTIONS_TAGTHRESHOLDSENTRY']._serialized_end=799
+  _globals['_TAGIMAGEREQUEST']._serialized_start=801
+  _globals['_TAGIMAGEREQUEST']._serialized_end=874
+  _globals['_RATINGSCORE']._serialized_start=876
+  _globals['_RATINGSCORE']._serialized_end=940
+  _globals['_DISTRIBUTIONBIN']._serialized_start=942
+  _globals['_DISTRIBUTIONBIN']._serialized_end=1010
+  _globals['_DISTRIBUTION']._serialized_start=1012
+  _globals['_DISTRIBUTION']._serialized_end=1094
+  _globals['_POPULARITY']._serialized_start=1097
+  _globals['_POPULARITY']._serialized_end=1281
+  _globals['_IMAGETAGS']._serialized_start=1284
+  _globals['_IMAGETAGS']._serialized_end=1492
+  _globals['_TAGIMAGERESPONSE']._serialized_start=1494
+  _globals['_TAGIMAGERESPONSE']._serialized_end=1551
+  _globals['_BATCHTAGIMAGESREQUEST']._serialized_start=1553
+  _globals['_BATCHTAGIMAGESREQUEST']._serialized_end=1633
+  _globals['_BATCHTAGIMAGESRESPONSE']._serialized_start=1635
+  _globals['_BATCHTAGIMAGESRESPONSE']._serialized_end=1699
+  _globals['_STREAMTAGIMAGESREQUEST']._serialized_start=1701
+  _globals['_STREAMTAGIMAGESREQUEST']._serialized_end=1801
+  _globals['_STREAMTAGIMAGESRESPONSE']._serialized_start=1804
+  _globals['_STREAMTAGIMAGESRESPONSE']._serialized_end=1941
+  _globals['_PREDICTPOPULARITYREQUEST']._serialized_start=1943
+  _globals['_PREDICTPOPULARITYREQUEST']._serialized_end=1984
+  _globals['_PREDICTPOPULARITYRESPONSE']._serialized_start=1986
+  _globals['_PREDICTPOPULARITYRESPONSE']._serialized_end=2057
+  _globals['_TAGGINGSERVICE']._serialized_start=2160
+  _globals['_TAGGINGSERVICE']._serialized_end=2530
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,6 +19,36 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ThresholdMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ThresholdModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ThresholdMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    THRESHOLD_MODE_UNSPECIFIED: _ThresholdMode.ValueType  # 0
+    """The server default: THRESHOLD_MODE_FIXED."""
+    THRESHOLD_MODE_FIXED: _ThresholdMode.ValueType  # 1
+    """Tags whose score reaches the category's threshold (CategoryThresholds, else the server's) are kept."""
+    THRESHOLD_MODE_MCUT: _ThresholdMode.ValueType  # 2
+    """MCut (Largeron, Moulin and Gery, 2012), as SmilingWolf's WD tagger app computes it: the category's scores
+    sorted, the cut halfway across the largest gap between neighbours; tags strictly above it are kept.
+    Adapts to each image; for characters the cut is never below 0.15, as in that app.
+    """
+
+class ThresholdMode(_ThresholdMode, metaclass=_ThresholdModeEnumTypeWrapper):
+    """How the cut of a category is chosen."""
+
+THRESHOLD_MODE_UNSPECIFIED: ThresholdMode.ValueType  # 0
+"""The server default: THRESHOLD_MODE_FIXED."""
+THRESHOLD_MODE_FIXED: ThresholdMode.ValueType  # 1
+"""Tags whose score reaches the category's threshold (CategoryThresholds, else the server's) are kept."""
+THRESHOLD_MODE_MCUT: ThresholdMode.ValueType  # 2
+"""MCut (Largeron, Moulin and Gery, 2012), as SmilingWolf's WD tagger app computes it: the category's scores
+sorted, the cut halfway across the largest gap between neighbours; tags strictly above it are kept.
+Adapts to each image; for characters the cut is never below 0.15, as in that app.
+"""
+Global___ThresholdMode: _TypeAlias = ThresholdMode  # noqa: Y015
 
 @_typing.final
 class CategoryThresholds(_message.Message):
@@ -79,30 +110,99 @@ class CategoryThresholds(_message.Message):
 Global___CategoryThresholds: _TypeAlias = CategoryThresholds  # noqa: Y015
 
 @_typing.final
+class CategoryModes(_message.Message):
+    """Threshold mode per category; unset means THRESHOLD_MODE_FIXED. Ratings are never cut (see rating_scores)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GENERAL_FIELD_NUMBER: _builtins.int
+    CHARACTER_FIELD_NUMBER: _builtins.int
+    COPYRIGHT_FIELD_NUMBER: _builtins.int
+    ARTIST_FIELD_NUMBER: _builtins.int
+    META_FIELD_NUMBER: _builtins.int
+    general: Global___ThresholdMode.ValueType
+    character: Global___ThresholdMode.ValueType
+    copyright: Global___ThresholdMode.ValueType
+    artist: Global___ThresholdMode.ValueType
+    meta: Global___ThresholdMode.ValueType
+    def __init__(
+        self,
+        *,
+        general: Global___ThresholdMode.ValueType = ...,
+        character: Global___ThresholdMode.ValueType = ...,
+        copyright: Global___ThresholdMode.ValueType = ...,
+        artist: Global___ThresholdMode.ValueType = ...,
+        meta: Global___ThresholdMode.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artist", b"artist", "character", b"character", "copyright", b"copyright", "general", b"general", "meta", b"meta"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CategoryModes: _TypeAlias = CategoryModes  # noqa: Y015
+
+@_typing.final
 class TagOptions(_message.Message):
     """How to turn scores into tags."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class TagThresholdsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     THRESHOLDS_FIELD_NUMBER: _builtins.int
     TOP_K_FIELD_NUMBER: _builtins.int
     INCLUDE_POPULARITY_FIELD_NUMBER: _builtins.int
+    TAG_THRESHOLDS_FIELD_NUMBER: _builtins.int
+    MODES_FIELD_NUMBER: _builtins.int
     top_k: _builtins.int
     """At most this many tags (best first); 0 means the server default."""
     include_popularity: _builtins.bool
     """Also return deepix predictions; FAILED_PRECONDITION when no deepix model is installed."""
     @_builtins.property
     def thresholds(self) -> Global___CategoryThresholds: ...
+    @_builtins.property
+    def tag_thresholds(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Thresholds of single tags (tag name -> threshold in [0, 1]), over their category's threshold and mode.
+        Tags the model does not know are ignored, so that one map can serve several models.
+        """
+
+    @_builtins.property
+    def modes(self) -> Global___CategoryModes:
+        """How each category's cut is chosen. Precedence for a tag: tag_thresholds, then its category's mode and
+        threshold here, then the server's threshold for that tag (ACG2VEC_TAG_THRESHOLDS_FILE), then the server's.
+        """
+
     def __init__(
         self,
         *,
         thresholds: Global___CategoryThresholds | None = ...,
         top_k: _builtins.int = ...,
         include_popularity: _builtins.bool = ...,
+        tag_thresholds: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        modes: Global___CategoryModes | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["thresholds", b"thresholds"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["modes", b"modes", "thresholds", b"thresholds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_popularity", b"include_popularity", "thresholds", b"thresholds", "top_k", b"top_k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_popularity", b"include_popularity", "modes", b"modes", "tag_thresholds", b"tag_thresholds", "thresholds", b"thresholds", "top_k", b"top_k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

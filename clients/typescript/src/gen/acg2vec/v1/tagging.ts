@@ -22,6 +22,53 @@ import {
 } from "@grpc/grpc-js";
 import { ItemError, ModelInfo, Rating, ratingFromJSON, ratingToJSON, Tag } from "./common.js";
 
+/** How the cut of a category is chosen. */
+export enum ThresholdMode {
+  /** THRESHOLD_MODE_UNSPECIFIED - The server default: THRESHOLD_MODE_FIXED. */
+  THRESHOLD_MODE_UNSPECIFIED = 0,
+  /** THRESHOLD_MODE_FIXED - Tags whose score reaches the category's threshold (CategoryThresholds, else the server's) are kept. */
+  THRESHOLD_MODE_FIXED = 1,
+  /**
+   * THRESHOLD_MODE_MCUT - MCut (Largeron, Moulin and Gery, 2012), as SmilingWolf's WD tagger app computes it: the category's scores
+   * sorted, the cut halfway across the largest gap between neighbours; tags strictly above it are kept.
+   * Adapts to each image; for characters the cut is never below 0.15, as in that app.
+   */
+  THRESHOLD_MODE_MCUT = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function thresholdModeFromJSON(object: any): ThresholdMode {
+  switch (object) {
+    case 0:
+    case "THRESHOLD_MODE_UNSPECIFIED":
+      return ThresholdMode.THRESHOLD_MODE_UNSPECIFIED;
+    case 1:
+    case "THRESHOLD_MODE_FIXED":
+      return ThresholdMode.THRESHOLD_MODE_FIXED;
+    case 2:
+    case "THRESHOLD_MODE_MCUT":
+      return ThresholdMode.THRESHOLD_MODE_MCUT;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return ThresholdMode.UNRECOGNIZED;
+  }
+}
+
+export function thresholdModeToJSON(object: ThresholdMode): string {
+  switch (object) {
+    case ThresholdMode.THRESHOLD_MODE_UNSPECIFIED:
+      return "THRESHOLD_MODE_UNSPECIFIED";
+    case ThresholdMode.THRESHOLD_MODE_FIXED:
+      return "THRESHOLD_MODE_FIXED";
+    case ThresholdMode.THRESHOLD_MODE_MCUT:
+      return "THRESHOLD_MODE_MCUT";
+    case ThresholdMode.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** Score thresholds per category; unset means the server default (0.5 unless configured). */
 export interface CategoryThresholds {
   general?: number | undefined;
@@ -30,6 +77,15 @@ export interface CategoryThresholds {
   artist?: number | undefined;
   meta?: number | undefined;
   rating?: number | undefined;
+}
+
+/** Threshold mode per category; unset means THRESHOLD_MODE_FIXED. Ratings are never cut (see rating_scores). */
+export interface CategoryModes {
+  general: ThresholdMode;
+  character: ThresholdMode;
+  copyright: ThresholdMode;
+  artist: ThresholdMode;
+  meta: ThresholdMode;
 }
 
 /** How to turn scores into tags. */
@@ -41,6 +97,21 @@ export interface TagOptions {
   topK: number;
   /** Also return deepix predictions; FAILED_PRECONDITION when no deepix model is installed. */
   includePopularity: boolean;
+  /**
+   * Thresholds of single tags (tag name -> threshold in [0, 1]), over their category's threshold and mode.
+   * Tags the model does not know are ignored, so that one map can serve several models.
+   */
+  tagThresholds: { [key: string]: number };
+  /**
+   * How each category's cut is chosen. Precedence for a tag: tag_thresholds, then its category's mode and
+   * threshold here, then the server's threshold for that tag (ACG2VEC_TAG_THRESHOLDS_FILE), then the server's.
+   */
+  modes: CategoryModes | undefined;
+}
+
+export interface TagOptions_TagThresholdsEntry {
+  key: string;
+  value: number;
 }
 
 export interface TagImageRequest {
@@ -280,8 +351,141 @@ export const CategoryThresholds: MessageFns<CategoryThresholds> = {
   },
 };
 
+function createBaseCategoryModes(): CategoryModes {
+  return { general: 0, character: 0, copyright: 0, artist: 0, meta: 0 };
+}
+
+export const CategoryModes: MessageFns<CategoryModes> = {
+  encode(message: CategoryModes, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.general !== 0) {
+      writer.uint32(8).int32(message.general);
+    }
+    if (message.character !== 0) {
+      writer.uint32(16).int32(message.character);
+    }
+    if (message.copyright !== 0) {
+      writer.uint32(24).int32(message.copyright);
+    }
+    if (message.artist !== 0) {
+      writer.uint32(32).int32(message.artist);
+    }
+    if (message.meta !== 0) {
+      writer.uint32(40).int32(message.meta);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CategoryModes {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCategoryModes();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.general = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.character = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.copyright = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.artist = reader.int32() as any;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.meta = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CategoryModes {
+    return {
+      general: isSet(object.general) ? thresholdModeFromJSON(object.general) : 0,
+      character: isSet(object.character) ? thresholdModeFromJSON(object.character) : 0,
+      copyright: isSet(object.copyright) ? thresholdModeFromJSON(object.copyright) : 0,
+      artist: isSet(object.artist) ? thresholdModeFromJSON(object.artist) : 0,
+      meta: isSet(object.meta) ? thresholdModeFromJSON(object.meta) : 0,
+    };
+  },
+
+  toJSON(message: CategoryModes): unknown {
+    const obj: any = {};
+    if (message.general !== 0) {
+      obj.general = thresholdModeToJSON(message.general);
+    }
+    if (message.character !== 0) {
+      obj.character = thresholdModeToJSON(message.character);
+    }
+    if (message.copyright !== 0) {
+      obj.copyright = thresholdModeToJSON(message.copyright);
+    }
+    if (message.artist !== 0) {
+      obj.artist = thresholdModeToJSON(message.artist);
+    }
+    if (message.meta !== 0) {
+      obj.meta = thresholdModeToJSON(message.meta);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CategoryModes>, I>>(base?: I): CategoryModes {
+    return CategoryModes.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CategoryModes>, I>>(object: I): CategoryModes {
+    const message = createBaseCategoryModes();
+    message.general = object.general ?? 0;
+    message.character = object.character ?? 0;
+    message.copyright = object.copyright ?? 0;
+    message.artist = object.artist ?? 0;
+    message.meta = object.meta ?? 0;
+    return message;
+  },
+};
+
 function createBaseTagOptions(): TagOptions {
-  return { thresholds: undefined, topK: 0, includePopularity: false };
+  return { thresholds: undefined, topK: 0, includePopularity: false, tagThresholds: {}, modes: undefined };
 }
 
 export const TagOptions: MessageFns<TagOptions> = {
@@ -294,6 +498,12 @@ export const TagOptions: MessageFns<TagOptions> = {
     }
     if (message.includePopularity !== false) {
       writer.uint32(24).bool(message.includePopularity);
+    }
+    globalThis.Object.entries(message.tagThresholds).forEach(([key, value]: [string, number]) => {
+      TagOptions_TagThresholdsEntry.encode({ key: key as any, value }, writer.uint32(34).fork()).join();
+    });
+    if (message.modes !== undefined) {
+      CategoryModes.encode(message.modes, writer.uint32(42).fork()).join();
     }
     return writer;
   },
@@ -335,6 +545,25 @@ export const TagOptions: MessageFns<TagOptions> = {
             message.includePopularity = reader.bool();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            const entry4 = TagOptions_TagThresholdsEntry.decode(reader, reader.uint32());
+            if (entry4.value !== undefined) {
+              message.tagThresholds[entry4.key] = entry4.value;
+            }
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.modes = CategoryModes.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -360,6 +589,34 @@ export const TagOptions: MessageFns<TagOptions> = {
         : isSet(object.include_popularity)
         ? globalThis.Boolean(object.include_popularity)
         : false,
+      tagThresholds: isObject(object.tagThresholds)
+        ? (globalThis.Object.entries(object.tagThresholds) as [string, any][]).reduce(
+          (acc: { [key: string]: number }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.Number(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : isObject(object.tag_thresholds)
+        ? (globalThis.Object.entries(object.tag_thresholds) as [string, any][]).reduce(
+          (acc: { [key: string]: number }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.Number(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+      modes: isSet(object.modes) ? CategoryModes.fromJSON(object.modes) : undefined,
     };
   },
 
@@ -374,6 +631,18 @@ export const TagOptions: MessageFns<TagOptions> = {
     if (message.includePopularity !== false) {
       obj.includePopularity = message.includePopularity;
     }
+    if (message.tagThresholds) {
+      const entries = globalThis.Object.entries(message.tagThresholds) as [string, number][];
+      if (entries.length > 0) {
+        obj.tagThresholds = {};
+        entries.forEach(([k, v]) => {
+          obj.tagThresholds[k] = floatToJson(v);
+        });
+      }
+    }
+    if (message.modes !== undefined) {
+      obj.modes = CategoryModes.toJSON(message.modes);
+    }
     return obj;
   },
 
@@ -387,6 +656,105 @@ export const TagOptions: MessageFns<TagOptions> = {
       : undefined;
     message.topK = object.topK ?? 0;
     message.includePopularity = object.includePopularity ?? false;
+    message.tagThresholds = (globalThis.Object.entries(object.tagThresholds ?? {}) as [string, number][]).reduce(
+      (acc: { [key: string]: number }, [key, value]: [string, number]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.Number(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    message.modes = (object.modes !== undefined && object.modes !== null)
+      ? CategoryModes.fromPartial(object.modes)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseTagOptions_TagThresholdsEntry(): TagOptions_TagThresholdsEntry {
+  return { key: "", value: 0 };
+}
+
+export const TagOptions_TagThresholdsEntry: MessageFns<TagOptions_TagThresholdsEntry> = {
+  encode(message: TagOptions_TagThresholdsEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== 0) {
+      writer.uint32(21).float(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TagOptions_TagThresholdsEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTagOptions_TagThresholdsEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 21) {
+              break;
+            }
+
+            message.value = reader.float();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TagOptions_TagThresholdsEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.Number(object.value) : 0,
+    };
+  },
+
+  toJSON(message: TagOptions_TagThresholdsEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== 0) {
+      obj.value = floatToJson(message.value);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TagOptions_TagThresholdsEntry>, I>>(base?: I): TagOptions_TagThresholdsEntry {
+    return TagOptions_TagThresholdsEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TagOptions_TagThresholdsEntry>, I>>(
+    object: I,
+  ): TagOptions_TagThresholdsEntry {
+    const message = createBaseTagOptions_TagThresholdsEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? 0;
     return message;
   },
 };
@@ -1754,6 +2122,10 @@ type DeepPartial<T> = T extends Builtin ? T
 type KeysOfUnion<T> = T extends T ? keyof T : never;
 type Exact<P, I extends P> = P extends Builtin ? P
   : P & { [K in keyof P]: Exact<P[K], I[K]> } & { [K in Exclude<keyof I, KeysOfUnion<P>>]: never };
+
+function isObject(value: any): boolean {
+  return typeof value === "object" && value !== null;
+}
 
 function isSet(value: any): boolean {
   return value !== null && value !== undefined;
