@@ -6,7 +6,6 @@ docs/image-models-import-train.md, docs/text-model.md.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -183,6 +182,7 @@ def import_onnx(
         compare_with_onnxruntime,
         import_onnx_tagger,
     )
+    from acg2vec_models.progress import ON_TERMINAL_ONLY
 
     setup_logging("WARNING", timestamps=False)
     root = models_root(repository)
@@ -207,7 +207,7 @@ def import_onnx(
             )
         checked.append(f"largest difference from onnxruntime on 2 pictures: {difference:.1e}")
 
-    with tqdm(total=len(IMPORT_STEPS), unit="step", disable=not sys.stderr.isatty(), bar_format="{desc} {n}/{total} "
+    with tqdm(total=len(IMPORT_STEPS), unit="step", disable=ON_TERMINAL_ONLY, bar_format="{desc} {n}/{total} "
               "[{elapsed}]") as bar:  # fmt: skip
 
         def step(description: str) -> None:

@@ -150,6 +150,7 @@ def train_text(pairs: Path, model: Path | None, repository: Path | None, name: s
         ) from None
     from tqdm import tqdm
 
+    from acg2vec_models.progress import ON_TERMINAL_ONLY
     from acg2vec_models.text.importer import CHECK_TEXTS, UnsupportedModel, import_sentence_transformers
     from acg2vec_models.text.train import Recipe, TrainingError, read_pairs
     from acg2vec_models.text.train import train as run
@@ -174,7 +175,7 @@ def train_text(pairs: Path, model: Path | None, repository: Path | None, name: s
 
         model = base_model(default_cache_dir())
     out = work / "model"
-    with tqdm(desc="training", unit="step", dynamic_ncols=True, disable=not sys.stderr.isatty()) as bar:
+    with tqdm(desc="training", unit="step", dynamic_ncols=True, disable=ON_TERMINAL_ONLY) as bar:
 
         def progress(step: int, total: int, loss: float) -> None:
             bar.total = total
