@@ -50,10 +50,11 @@ def savedmodel_scores(repository: Path, records, vocabulary: list[str], batch: i
     from tqdm import tqdm
 
     from acg2vec_models import repository as repo
+    from acg2vec_models.export import read_labels
 
     version = repo.latest_version(repository, "tagger")
     loaded = tf.saved_model.load(str(repository / "tagger" / str(version)))
-    names = [n.decode() for n in loaded.signatures["labels"]()["names"].numpy()]
+    names, _ = read_labels(loaded)
     columns = [names.index(t) for t in vocabulary]
     serve = loaded.signatures["serving_default"]
     rows = []

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from acg2vec.v1 import common_pb2, tagging_pb2
+from acg2vec_models.export import read_labels
 from acg2vec_models.preprocessing import ImagePreprocessing, preprocess_batch
 from acg2vec_models.vocab import WD14_SELECTED_TAGS, read_selected_tags_csv
 from acg2vec_server.cli.main import main
@@ -61,8 +62,7 @@ def serve_fn(path: Path, signature: str = "serving_default"):
 
 
 def labels(path: Path) -> tuple[list[str], list[str]]:
-    out = serve_fn(path, "labels")()
-    return [n.decode() for n in out["names"].numpy()], [c.decode() for c in out["categories"].numpy()]
+    return read_labels(tf.saved_model.load(str(path)))
 
 
 def test_deepdanbooru_project_imports_as_tagger_and_illust2vec(tmp_path):

@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 
 from acg2vec.v1 import common_pb2, image_feature_pb2, tagging_pb2
+from acg2vec_models.export import read_labels
 from acg2vec_models.training.backbones import BackboneOptions
 from acg2vec_models.training.trainer import TrainConfig, TrainResult, train
 from acg2vec_testing.images import image_bytes
@@ -108,7 +109,7 @@ def test_tagger_evaluation_is_printed_saved_and_exported(trained):
     beside = json.loads((tagger / "assets.extra" / "evaluation.json").read_text())
     assert beside["evaluation"] == evaluation and beside["config"]["encoder_lr"] == 1e-5
     loaded = tf.saved_model.load(str(tagger))
-    assert sorted(n.decode() for n in loaded.signatures["labels"]()["names"].numpy()) == ["even", "odd", "third"]
+    assert sorted(read_labels(loaded)[0]) == ["even", "odd", "third"]
     out = tf.saved_model.load(str(illust2vec)).signatures["serving_default"](image_bytes=tf.constant([image_bytes(1)]))
     assert out["embedding"].shape == (1, 32)  # the add_43-style cut: 1024 channels x width 1/32
 

@@ -19,6 +19,7 @@ from PIL import Image
 from prometheus_client import REGISTRY
 
 from acg2vec.v1 import common_pb2, tagging_pb2
+from acg2vec_models.export import read_labels
 from acg2vec_models.importers import ImportFailed
 from acg2vec_models.importers.onnx_tagger import INTERFACES, import_onnx_tagger, read_camie_tags
 from acg2vec_models.preprocessing import preprocess_batch
@@ -220,8 +221,7 @@ def test_in_graph_preprocessing_matches_the_sources_code(interface):
 
 def test_labels_carry_the_tag_files_names_and_categories(sources, imported):
     def labels(path: Path) -> tuple[list[str], list[str]]:
-        out = tf.saved_model.load(str(path)).signatures["labels"]()
-        return [n.decode() for n in out["names"].numpy()], [c.decode() for c in out["categories"].numpy()]
+        return read_labels(tf.saved_model.load(str(path)))
 
     names, categories = labels(imported["wd-eva02"].path)
     csv = read_selected_tags_csv(sources["wd-eva02"] / "selected_tags.csv")
@@ -276,9 +276,8 @@ async def test_the_server_tags_with_an_imported_onnx_tagger(imported, tmp_path, 
     (repo / "tagger" / "1").symlink_to(result.path)
     loaded = tf.saved_model.load(str(result.path))
     scores = loaded.signatures["serving_default"](image_bytes=tf.constant(IMAGES[:3]))["scores"].numpy()
-    labels = loaded.signatures["labels"]()
-    names = [n.decode() for n in labels["names"].numpy()]
-    categories = np.array([c.decode() for c in labels["categories"].numpy()])
+    names, category_list = read_labels(loaded)
+    categories = np.array(category_list)
     row, general, characters = scores[0], categories == "general", categories == "character"
     always = names[int(np.argmin(np.where(general, row, 2)))]  # the least likely general tag, below 0.5
     never = names[int(np.argmax(np.where(general, row, -1)))]  # the most likely one, above 0.5

@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from acg2vec.v1 import tagging_pb2
+from acg2vec_models.export import read_labels
 from acg2vec_server.domain.models import Labels
 from acg2vec_server.domain.tagging import CHARACTER_MCUT_FLOOR, Tagger, mcut_threshold, read_tag_thresholds
 from acg2vec_server.domain.types import ModelRef, TagOptions
@@ -114,9 +115,8 @@ def test_the_server_thresholds_file_is_read_and_checked(tmp_path):
 def sample_scores(model_repo) -> tuple[list[str], np.ndarray, np.ndarray]:
     """The development tagger's names, categories and scores for the sample image, straight from the SavedModel."""
     loaded = tf.saved_model.load(str(model_repo / "tagger" / "1"))
-    labels = loaded.signatures["labels"]()
-    names = [n.decode() for n in labels["names"].numpy()]
-    categories = np.array([c.decode() for c in labels["categories"].numpy()])
+    names, category_list = read_labels(loaded)
+    categories = np.array(category_list)
     scores = loaded.signatures["serving_default"](image_bytes=tf.constant([SAMPLE_PNG.read_bytes()]))["scores"]
     return names, categories, scores.numpy()[0]
 

@@ -14,10 +14,38 @@ import keras
 import tensorflow as tf
 
 from acg2vec_models.preprocessing import ImagePreprocessing, preprocess_batch
+from acg2vec_models.repository import LABELS_SIGNATURE, ROWS_INPUT, check_batchable
 from acg2vec_models.vocab import TagEntry, validate
 
 IMAGE_INPUT = tf.TensorSpec([None], tf.string, name="image_bytes")
 TEXT_INPUT = tf.TensorSpec([None], tf.string, name="text")
+#: The batch input of signatures that carry data (labels, tokenizer): values ignored, one answer row per row.
+ROWS_SPEC = tf.TensorSpec([None], tf.int64, name=ROWS_INPUT)
+
+
+def per_row(value: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:
+    """value repeated once per element of rows, along a new first axis: [len(rows), *value.shape]. TF-Serving's
+    batching needs every output to carry the batch dimension (repository.py)."""
+    value = tf.convert_to_tensor(value)
+    return tf.tile(value[None], tf.concat([tf.shape(rows)[:1], tf.ones([tf.rank(value)], tf.int32)], axis=0))
+
+
+def labels_function(tags: Sequence[TagEntry]) -> Callable[..., dict[str, tf.Tensor]]:
+    """The tagger's `labels(rows: int64[N])` -> names: string[N,T], categories: string[N,T]."""
+    validate(tags)
+    names, categories = [t.name for t in tags], [t.category for t in tags]
+
+    @tf.function(input_signature=[ROWS_SPEC])
+    def labels(rows: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"names": per_row(tf.constant(names), rows), "categories": per_row(tf.constant(categories), rows)}
+
+    return labels
+
+
+def read_labels(loaded: Any) -> tuple[list[str], list[str]]:
+    """(names, categories) from a loaded tagger SavedModel (tf.saved_model.load) through its labels signature."""
+    out = loaded.signatures[LABELS_SIGNATURE](**{ROWS_INPUT: tf.zeros([1], tf.int64)})
+    return [n.decode() for n in out["names"].numpy()[0]], [c.decode() for c in out["categories"].numpy()[0]]
 
 
 class _Untracked:
@@ -72,21 +100,16 @@ def _write(module: tf.Module, signatures: dict[str, Callable[..., object]], path
     if tmp.exists():
         shutil.rmtree(tmp)
     tf.saved_model.save(module, str(tmp), signatures=signatures)
+    check_batchable(tmp)
     tmp.rename(path)  # a version directory appears complete or not at all (TF-Serving polls the folder)
     return path
 
 
 def export_tagger(model: keras.Model, prep: ImagePreprocessing, tags: Sequence[TagEntry], path: Path) -> Path:
-    """Tagger: serving_default(image_bytes) -> scores[N,T]; labels() -> names, categories."""
-    validate(tags)
+    """Tagger: serving_default(image_bytes) -> scores[N,T]; labels(rows) -> names, categories."""
+    labels = labels_function(tags)
     module = _ImageModule(model, prep, lambda y: {"scores": tf.cast(y, tf.float32)})
-    names, categories = [t.name for t in tags], [t.category for t in tags]
-
-    @tf.function(input_signature=[])
-    def labels() -> dict[str, tf.Tensor]:
-        return {"names": tf.constant(names), "categories": tf.constant(categories)}
-
-    return _write(module, {"serving_default": _image_signature(module), "labels": labels}, path)
+    return _write(module, {"serving_default": _image_signature(module), LABELS_SIGNATURE: labels}, path)
 
 
 def export_image_embedder(model: keras.Model, prep: ImagePreprocessing, path: Path) -> Path:
@@ -101,17 +124,6 @@ def export_deepix(model: keras.Model, prep: ImagePreprocessing, path: Path) -> P
     return _write(module, {"serving_default": _image_signature(module)}, path)
 
 
-def _labels_function(tags: Sequence[TagEntry]) -> Callable[[], dict[str, tf.Tensor]]:
-    validate(tags)
-    names, categories = [t.name for t in tags], [t.category for t in tags]
-
-    @tf.function(input_signature=[])
-    def labels() -> dict[str, tf.Tensor]:
-        return {"names": tf.constant(names), "categories": tf.constant(categories)}
-
-    return labels
-
-
 def export_wrapped_image_model(
     source: Any,
     call: Callable[[tf.Tensor], dict[str, tf.Tensor]],
@@ -120,11 +132,11 @@ def export_wrapped_image_model(
     tags: Sequence[TagEntry] | None = None,
 ) -> Path:
     """serving_default(image_bytes) -> call(preprocessed images, or the bytes themselves when prep is None);
-    with tags, also labels() -> names, categories. `source` holds the variables `call` uses."""
+    with tags, also labels(rows) -> names, categories. `source` holds the variables `call` uses."""
     module = _WrappedImageModule(source, call, prep)
     signatures: dict[str, Callable[..., object]] = {"serving_default": _image_signature(module)}
     if tags is not None:
-        signatures["labels"] = _labels_function(tags)
+        signatures[LABELS_SIGNATURE] = labels_function(tags)
     return _write(module, signatures, path)
 
 

@@ -6,19 +6,73 @@
 Signatures (what the service relies on):
   image models  serving_default(image_bytes: string[N]) -> tagger: scores[N,T];
                 illust2vec: embedding[N,D]; deepix: bookmarks[N,15], views[N,15], sanity[N,5]
-  tagger        labels() -> names: string[T], categories: string[T]
+  tagger        labels(rows: int64[N]) -> names: string[N,T], categories: string[N,T]   (the same row N times)
   text models   serving_default(text: string[N]) -> embedding[N,D]                (tokenised in the graph)
             or  serving_default(input_ids: int64[N,L], length: int64[N]) -> embedding[N,D],
-                tokenizer() -> tokenizer_json: string[]  (the server tokenises; see text/tokens.py)
+                tokenizer(rows: int64[N]) -> tokenizer_json: string[N]  (the server tokenises; see text/tokens.py)
+
+Every signature takes at least one input and every tensor, in and out, carries the batch dimension first:
+TF-Serving with `--enable_batching` sends each Predict through its batch scheduler, which refuses a call
+without input ("Batching Run() must have at least one input tensor") and an output whose 0th dimension is not
+the batch's (docs/deployment.md lists the rules). So `labels` and `tokenizer`, which carry data rather than
+compute on an input, take `rows` (values ignored) and repeat their answer once per row; callers send one row.
+`batching_problems` finds what a SignatureDef shows of a breach; the exporters refuse to write one.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 SAVED_MODEL_FILE = "saved_model.pb"
 MODELS_CONFIG = "models.config"
+LABELS_SIGNATURE = "labels"
+ROWS_INPUT = "rows"  # the batch input of the data signatures (labels, tokenizer): one answer per row
+
+
+def batching_problems(signature_defs: Mapping[str, Any]) -> list[str]:
+    """What in these SignatureDefs (saved_model.pb's, or GetModelMetadata's) TF-Serving's batching would refuse:
+    a signature without input, a scalar input or output, or a fixed 0th dimension that cannot follow the batch.
+    Empty when the signatures look batchable (the emulator checks the rest at run time, as TF-Serving does)."""
+    problems = []
+    for name, sig in sorted(signature_defs.items()):
+        if name.startswith("__"):
+            continue  # __saved_model_init_op: not a serving signature
+        if not sig.inputs:
+            problems.append(
+                f"signature '{name}' takes no input: TF-Serving's batching refuses it (Batching Run() must have at "
+                f"least one input tensor); give it a batch input such as '{ROWS_INPUT}: int64[N]'"
+            )
+        for kind, tensors in (("input", sig.inputs), ("output", sig.outputs)):
+            for key, info in sorted(tensors.items()):
+                shape = info.tensor_shape
+                if shape.unknown_rank:
+                    continue
+                if not shape.dim:
+                    problems.append(
+                        f"signature '{name}' {kind} '{key}' is a scalar: under TF-Serving's batching every {kind} "
+                        "carries the batch dimension first"
+                    )
+                elif kind == "output" and shape.dim[0].size > 0:
+                    problems.append(
+                        f"signature '{name}' output '{key}' has a fixed 0th dimension ({shape.dim[0].size}): under "
+                        "TF-Serving's batching it must be the batch size (one row per input row)"
+                    )
+    return problems
+
+
+def check_batchable(path: Path) -> None:
+    """Raises ValueError naming each problem when the SavedModel at path has a signature TF-Serving's batching
+    would refuse (called by the exporters before a version folder appears)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((path / SAVED_MODEL_FILE).read_bytes())
+    problems = batching_problems(saved.meta_graphs[0].signature_def)
+    if problems:
+        raise ValueError(f"{path}: signatures TF-Serving cannot serve with batching on: " + "; ".join(problems))
 
 
 def versions(root: Path, name: str) -> list[int]:

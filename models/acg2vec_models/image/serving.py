@@ -19,8 +19,10 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from acg2vec_models.export import labels_function
 from acg2vec_models.preprocessing import ImagePreprocessing, decode_rgb
-from acg2vec_models.vocab import TagEntry, validate
+from acg2vec_models.repository import LABELS_SIGNATURE, check_batchable
+from acg2vec_models.vocab import TagEntry
 
 IMAGE_INPUT = tf.TensorSpec([None], tf.string, name="image_bytes")
 
@@ -87,6 +89,7 @@ def _save(module: tf.Module, signatures: dict[str, Any], path: Path) -> Path:
             shutil.rmtree(stale)
     path.parent.mkdir(parents=True, exist_ok=True)
     tf.saved_model.save(module, str(tmp), signatures=signatures)
+    check_batchable(tmp)
     tmp.rename(path)  # a version folder appears complete or not at all (TF-Serving polls the repository)
     return path
 
@@ -94,17 +97,11 @@ def _save(module: tf.Module, signatures: dict[str, Any], path: Path) -> Path:
 def export_tagger(
     model: keras.Model, preps: Sequence[ImagePreprocessing], tags: Sequence[TagEntry], path: Path
 ) -> Path:
-    """serving_default(image_bytes) -> scores[N,T]; labels() -> names, categories. The Keras model takes one
+    """serving_default(image_bytes) -> scores[N,T]; labels(rows) -> names, categories. The Keras model takes one
     input per preprocessing."""
-    validate(tags)
+    labels = labels_function(tags)
     module = _ImageModule(model, preps, "scores")
-    names, categories = [t.name for t in tags], [t.category for t in tags]
-
-    @tf.function(input_signature=[])
-    def labels() -> dict[str, tf.Tensor]:
-        return {"names": tf.constant(names), "categories": tf.constant(categories)}
-
-    return _save(module, {"serving_default": module.serve, "labels": labels}, path)
+    return _save(module, {"serving_default": module.serve, LABELS_SIGNATURE: labels}, path)
 
 
 def export_embedder(model: keras.Model, prep: ImagePreprocessing, path: Path) -> Path:

@@ -2,7 +2,8 @@
 
 serving_default(input_ids: int64[N,L], length: int64[N]) -> embedding: float32[N,D]
         (positions at or beyond a row's length are padding, whatever their ids hold: see tokens.py)
-tokenizer() -> tokenizer_json: string[]   (Hugging Face tokenizers definition, truncation + padding set)
+tokenizer(rows: int64[N]) -> tokenizer_json: string[N]   (Hugging Face tokenizers definition, truncation +
+        padding set, once per row: TF-Serving's batching needs an input and the batch dimension, repository.py)
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from acg2vec_models.export import _write
+from acg2vec_models.export import ROWS_SPEC, _write, per_row
 from acg2vec_models.text.tf_encoders import TextEncoder
 from acg2vec_models.text.tokens import IDS_INPUT, LENGTH_INPUT, TOKENIZER_OUTPUT, TOKENIZER_SIGNATURE
 
@@ -33,9 +34,9 @@ class _TokenTextModule(tf.Module):
         mask = tf.sequence_mask(length, tf.shape(input_ids)[1], dtype=tf.int64)
         return {"embedding": self.encoder(input_ids, mask)}
 
-    @tf.function(input_signature=[])
-    def tokenizer(self) -> dict[str, tf.Tensor]:
-        return {TOKENIZER_OUTPUT: tf.identity(self.tokenizer_definition)}
+    @tf.function(input_signature=[ROWS_SPEC])
+    def tokenizer(self, rows: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {TOKENIZER_OUTPUT: per_row(self.tokenizer_definition, rows)}
 
 
 def export_token_text_model(encoder: TextEncoder, tokenizer_json: str, path: Path) -> Path:

@@ -188,10 +188,12 @@ def saved_model_vectors(path: Path, texts: list[str]) -> np.ndarray:
     """Vectors from an exported SavedModel, tokenised with the tokenizer it carries (as the server does)."""
     import tensorflow as tf
 
+    from acg2vec_models.repository import ROWS_INPUT
     from acg2vec_models.text.tokens import TOKENIZER_OUTPUT, TOKENIZER_SIGNATURE
 
     loaded = tf.saved_model.load(str(path))
-    definition = loaded.signatures[TOKENIZER_SIGNATURE]()[TOKENIZER_OUTPUT].numpy().decode()
+    answer = loaded.signatures[TOKENIZER_SIGNATURE](**{ROWS_INPUT: tf.zeros([1], tf.int64)})
+    definition = answer[TOKENIZER_OUTPUT].numpy()[0].decode()
     inputs = TextTokenizer(definition)(texts)
     return loaded.signatures["serving_default"](**{k: tf.constant(v) for k, v in inputs.items()})["embedding"].numpy()
 

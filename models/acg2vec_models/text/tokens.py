@@ -1,6 +1,7 @@
 """Tokenising outside the graph for text models that take token ids (TF core has no SentencePiece/WordPiece op).
 
-Such a SavedModel carries its tokenizer: signature `tokenizer()` returns `tokenizer_json`, a Hugging Face
+Such a SavedModel carries its tokenizer: signature `tokenizer(rows)` returns `tokenizer_json` (once per row of
+`rows`, as TF-Serving's batching wants: see repository.py), a Hugging Face
 `tokenizers` definition with truncation and padding set, so a server needs nothing but the model (also from a
 remote TF-Serving) to turn texts into `input_ids` [N, L] (right-padded) and `length` [N] (real tokens per row).
 Lengths, not an attention mask: TF-Serving's batching pads [N, L] inputs of different requests with the

@@ -13,15 +13,34 @@ from acg2vec_server.cli.options import models_root, repository_option, setup_log
 @click.command("tfserving-emulator")
 @repository_option
 @click.option("--listen", default="127.0.0.1:8500", show_default=True)
-def tfserving_emulator(repository: Path | None, listen: str) -> None:
+@click.option(
+    "--enable-batching/--no-enable-batching", default=True, show_default=True,
+    help="TF-Serving's --enable_batching: every Predict through the batch scheduler, with its rules.",
+)  # fmt: skip
+@click.option(
+    "--batching-parameters-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="TF-Serving's BatchingParameters text file (default: the deployment's, k8s/base/tfserving).",
+)  # fmt: skip
+def tfserving_emulator(
+    repository: Path | None, listen: str, enable_batching: bool, batching_parameters_file: Path | None
+) -> None:
     """Serve the repository over TF-Serving's PredictionService API (stands in for tensorflow_model_server)."""
-    from acg2vec_server.testing.tfserving_emulator import start_emulator
+    from acg2vec_server.testing.tfserving_emulator import DEFAULT_BATCHING, BatchingParameters, start_emulator
 
     setup_logging("INFO")
+    batching = None
+    if enable_batching:
+        batching = (
+            BatchingParameters.parse(batching_parameters_file.read_text())
+            if batching_parameters_file
+            else DEFAULT_BATCHING
+        )
 
     async def run() -> None:
-        server, port = await start_emulator(models_root(repository), listen)
-        click.echo(f"PredictionService on port {port}, repository {models_root(repository)}")
-        await server.wait_for_termination()
+        emulator = await start_emulator(models_root(repository), listen, batching=batching)
+        click.echo(
+            f"PredictionService on port {emulator.port}, repository {models_root(repository)}, batching {batching}"
+        )
+        await emulator.wait_for_termination()
 
     asyncio.run(run())

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from acg2vec_models.repository import LABELS_SIGNATURE, ROWS_INPUT
 from acg2vec_models.text.tokens import IDS_INPUT, TOKENIZER_OUTPUT, TOKENIZER_SIGNATURE, TextTokenizer
 from acg2vec_server.domain.batching import Batcher
 from acg2vec_server.domain.errors import BackendUnavailable, FailedPrecondition, FieldViolation, InvalidInput
@@ -91,10 +92,29 @@ class Models:
         except ModelNotInstalled as e:
             raise BackendUnavailable("inference", str(e)) from None
 
+    async def run_data(self, model: str, signature: str) -> tuple[dict[str, np.ndarray], ModelRef]:
+        """Runs a signature that carries data (labels, tokenizer): one row in (`rows`, as TF-Serving's batching
+        needs an input), the first row of each output out. A version exported before these signatures took `rows`
+        still answers where the backend allows a call without input (in-process, TF-Serving without batching)."""
+        signatures = (await self.describe(model)).signatures
+        info = signatures.get(signature)
+        if info is None or info.inputs:
+            outputs, ref = await self.run(model, {ROWS_INPUT: np.zeros(1, np.int64)}, signature=signature)
+            return {k: np.asarray(v)[0] for k, v in outputs.items()}, ref
+        try:
+            return await self.run(model, {}, signature=signature)
+        except InvalidInput as e:
+            raise BackendUnavailable(
+                "inference",
+                f"model '{model}' has a '{signature}' signature without input, which TF-Serving refuses with "
+                f"batching on ({e.message}); export the model again with this release (`acg2vec models "
+                "build-defaults`, or the import command that made it)",
+            ) from None
+
     async def labels(self, version: int) -> Labels:
         """The tagger's vocabulary for the version that answered (re-read when the version changes)."""
         if self._labels is None or self._labels.version != version:
-            outputs, ref = await self.run(self.tagger, {}, signature="labels")
+            outputs, ref = await self.run_data(self.tagger, LABELS_SIGNATURE)
             names = [n.decode() if isinstance(n, bytes) else str(n) for n in outputs["names"]]
             cats = np.array(
                 [c.decode() if isinstance(c, bytes) else str(c) for c in outputs["categories"]], dtype=object
@@ -113,7 +133,7 @@ class Models:
             description = await self.describe(self.text)
             signature = description.signatures.get("serving_default")
             if signature is not None and IDS_INPUT in signature.inputs:
-                outputs, ref = await self.run(self.text, {}, signature=TOKENIZER_SIGNATURE)
+                outputs, ref = await self.run_data(self.text, TOKENIZER_SIGNATURE)
                 definition = np.asarray(outputs[TOKENIZER_OUTPUT]).reshape(-1)[0]
                 definition = definition.decode() if isinstance(definition, bytes) else str(definition)
                 self._text_inputs = TextInputs(ref.version, TextTokenizer(definition))
