@@ -6,6 +6,7 @@ padded inputs) with the in-process backend; and the service's behaviour while in
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import numpy as np
 import pytest
 import pytest_asyncio
 import tensorflow as tf
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from tokenizers import Tokenizer, models, pre_tokenizers
 
@@ -33,11 +35,13 @@ from acg2vec_models.text.tokens import serving_definition
 from acg2vec_server.app import Application
 from acg2vec_server.backends.inprocess import InProcessBackend
 from acg2vec_server.backends.signatures import read_signature_defs
-from acg2vec_server.backends.tfserving import TFServingBackend
+from acg2vec_server.backends.tfserving import TFServingBackend, channel_options
 from acg2vec_server.domain.errors import BackendUnavailable
 from acg2vec_server.domain.models import Models
 from acg2vec_server.domain.ports import InferenceInputError, ModelNotInstalled
 from acg2vec_server.testing.tfserving_emulator import DEFAULT_BATCHING, BatchingParameters, Emulator, start_emulator
+from acg2vec_server.transport.security import Security
+from acg2vec_server.transport.server import api_server, bind
 from acg2vec_testing.images import image_bytes
 from acg2vec_testing.model_repository import copy_repository
 from acg2vec_testing.paths import ROOT, SAMPLE_PNG
@@ -362,3 +366,66 @@ async def test_adapter_reports_unreachable_server():
             await backend.ping()
     finally:
         await backend.close()
+
+
+def run_count(emulators: list[Emulator]) -> list[int]:
+    return [len(e.batch_sizes) for e in emulators]
+
+
+async def test_each_call_goes_to_the_next_tfserving_pod(serving_repo, engine):
+    """The adapter's channel balances per call (round_robin service config) over every address its target resolves
+    to, as `dns:///tfserving-headless:8500` resolves to every TF-Serving pod; pick_first, gRPC's default, would
+    send every call to one of them."""
+    first = await start_emulator(serving_repo, "127.0.0.1:0", backend=engine)
+    second = await start_emulator(serving_repo, f"127.0.0.2:{first.port}", backend=engine)
+    pods = [first, second]
+    target = f"ipv4:127.0.0.1:{first.port},127.0.0.2:{first.port}"  # two "pods" behind one name and port
+    backend = TFServingBackend(target)
+    options = dict(channel_options(1 << 20))
+    assert json.loads(str(options["grpc.service_config"])) == {"loadBalancingConfig": [{"round_robin": {}}]}
+    x = {"x": np.zeros([1, 1], np.int64)}
+    try:
+        await backend.ping()
+        for _ in range(6):
+            await backend.predict("rules", x, "echo")
+        assert run_count(pods) == [3, 3]
+        del options["grpc.service_config"]
+        async with grpc.aio.insecure_channel(target, options=list(options.items())) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name, request.model_spec.signature_name = "rules", "echo"
+            request.inputs["x"].CopyFrom(tf.make_tensor_proto(x["x"]))
+            for _ in range(6):
+                await stub.Predict(request, timeout=30)
+        assert sorted(run_count(pods)) == [3, 9]  # pick_first: one pod took them all
+    finally:
+        await backend.close()
+        for pod in pods:
+            await pod.stop(0)
+
+
+@pytest.mark.parametrize("age_s", [0.3, 0])
+async def test_server_connections_end_at_their_max_age(age_s):
+    """The other side of per-call balancing: the acg2vec server ends each client connection after
+    max_connection_age_s (+ grace for calls in progress), so clients behind its ClusterIP Service reconnect and
+    reach replicas added since; 0 keeps connections (a stream stays open)."""
+    server = api_server(
+        None, health_aio.HealthServicer(), Security(None, None, []), 1 << 20, 0, 0, False,  # type: ignore[arg-type]
+        max_connection_age_s=age_s, max_connection_age_grace_s=0.3,
+    )  # fmt: skip
+    port = bind(server, "127.0.0.1:0", None, "--listen")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+            if age_s:
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await asyncio.wait_for(watch.read(), 10)
+                assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            else:
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(watch.read(), 1.5)
+            watch.cancel()
+    finally:
+        await server.stop(0)

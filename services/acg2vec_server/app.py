@@ -124,7 +124,7 @@ class Application:
         health_servicer = health.aio.HealthServicer()
         self.server = api_server(
             self.domain, health_servicer, security, s.max_message_bytes, s.max_concurrent_calls,
-            s.max_calls_per_client, s.access_log,
+            s.max_calls_per_client, s.access_log, s.max_connection_age_s, s.max_connection_age_grace_s,
         )  # fmt: skip
         self.port = bind(self.server, s.listen, security.credentials, "--listen / ACG2VEC_LISTEN")
         if s.health_listen:

@@ -36,6 +36,16 @@ class Settings(BaseSettings):
     metrics_port: int = Field(9090, description="Prometheus /metrics HTTP port on the same host; 0 disables it.")
     max_message_bytes: int = Field(32 * 1024 * 1024, description="Largest gRPC message accepted or sent.")
     grace_period_s: float = Field(15.0, description="On SIGTERM, how long in-flight calls may finish.")
+    max_connection_age_s: float = Field(
+        300.0,
+        description="Each client connection is closed (GOAWAY) after this long, so clients reconnect and spread over "
+        "new replicas (a Kubernetes Service balances per connection); 0: never.",
+    )
+    max_connection_age_grace_s: float = Field(
+        60.0,
+        description="After max_connection_age_s, how long calls in progress on the old connection may finish; a longer "
+        "stream then ends with UNAVAILABLE (`acg2vec index` resumes on a new one).",
+    )
     access_log: bool = Field(True, description="Log one line per call.")
     log_level: str = "INFO"
     log_format: LogFormat = Field(
@@ -87,7 +97,9 @@ class Settings(BaseSettings):
     # --- inference
     inference_backend: InferenceKind = "inprocess"
     tfserving_target: str = Field(
-        "127.0.0.1:8500", description="TF-Serving gRPC host:port when inference_backend=tfserving."
+        "127.0.0.1:8500",
+        description="TF-Serving gRPC target when inference_backend=tfserving: host:port, or dns:///name:port of a "
+        "headless Service to spread calls over every TF-Serving pod (round_robin).",
     )
     inference_timeout_s: float = Field(
         30.0,

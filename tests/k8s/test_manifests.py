@@ -84,6 +84,7 @@ def test_overlay_renders_every_component(rendered, overlay):
         ("Secret", "acg2vec-secrets"),
         ("Deployment", "tfserving"),
         ("Service", "tfserving"),
+        ("Service", "tfserving-headless"),
         ("PersistentVolumeClaim", "acg2vec-models"),
         ("Job", "acg2vec-models"),
         ("Milvus", "milvus"),
@@ -543,6 +544,30 @@ BREAKAGES = [
             {"batching_parameters.txt": "max_batch_size { value: 16 }\n"}
         ),
         "max_batch_size",
+    ),
+    (
+        "tfserving",
+        "prod",
+        lambda d: _set_config(d, "ACG2VEC_INFERENCE_CONCURRENCY", "1"),
+        "ACG2VEC_INFERENCE_CONCURRENCY 1 != TF-Serving replicas 3 x num_batch_threads 4 = 12",
+    ),
+    (
+        "tfserving",
+        "prod",
+        lambda d: find(d, "HorizontalPodAutoscaler", "acg2vec")["spec"].update(maxReplicas=200),
+        "raise max_enqueued_batches",
+    ),
+    (
+        "backends",
+        "prod",
+        lambda d: _set_config(d, "ACG2VEC_TFSERVING_TARGET", "tfserving:8500"),
+        "per-call balancing over the TF-Serving pods needs dns:///",
+    ),
+    (
+        "backends",
+        "dev",
+        lambda d: find(d, "Service", "tfserving-headless")["spec"].pop("clusterIP"),
+        "a ClusterIP Service pins each server to one pod",
     ),
     (
         "tfserving",

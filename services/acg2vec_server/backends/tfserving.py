@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Mapping
 
 import grpc
@@ -15,6 +16,23 @@ from acg2vec_server.domain.batching import timed_out
 from acg2vec_server.domain.errors import BackendUnavailable
 from acg2vec_server.domain.ports import InferenceBackend, InferenceInputError, ModelDescription, ModelNotInstalled
 from acg2vec_server.telemetry.backend_calls import instrumented
+
+#: Per-call balancing: round_robin keeps a connection to every address the target resolves to (with
+#: `dns:///tfserving-headless:8500`, every TF-Serving pod) and sends each call to the next one; the default
+#: pick_first would send every call of this replica to one pod. The resolver looks again when a connection drops.
+SERVICE_CONFIG = {"loadBalancingConfig": [{"round_robin": {}}]}
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, object]]:
+    """The channel's options: message limits, quick reconnects, the round_robin service config."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+        ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
+    ]
+
 
 _UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 
@@ -30,15 +48,7 @@ class TFServingBackend:
         self.target = target
         self.timeout_s = timeout_s
         self.timeouts = dict(timeouts or {})  # per model: the gRPC deadline of its calls
-        self._channel = grpc.aio.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.initial_reconnect_backoff_ms", 200),
-                ("grpc.max_reconnect_backoff_ms", 2000),
-            ],
-        )
+        self._channel = grpc.aio.insecure_channel(target, options=channel_options(max_message_bytes))
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
 
     def timeout_of(self, model: str) -> float:

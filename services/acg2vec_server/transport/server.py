@@ -43,12 +43,14 @@ SERVICE_NAMES = (
 def api_server(
     domain: Domain, health_servicer: health.aio.HealthServicer, security: Security, max_message_bytes: int,
     max_concurrent_calls: int, max_calls_per_client: int, access_log: bool,
+    max_connection_age_s: float = 0, max_connection_age_grace_s: float = 0,
 ) -> grpc.aio.Server:  # fmt: skip
     """The public server: the acg2vec.v1 services, health and reflection, behind the interceptors."""
     options = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),
+        *connection_age_options(max_connection_age_s, max_connection_age_grace_s),
     ]
     interceptors: list[grpc.aio.ServerInterceptor] = [ObservabilityInterceptor(access_log)]
     if security.interceptor is not None:
@@ -64,6 +66,18 @@ def api_server(
     reflection.enable_server_reflection(SERVICE_NAMES, server)
     observability.initialize(SERVICE_NAMES, max_concurrent_calls)
     return server
+
+
+def connection_age_options(age_s: float, grace_s: float) -> list[tuple[str, int]]:
+    """Server options that end each client connection after age_s (with grace_s for calls in progress): a client
+    behind a Kubernetes Service keeps one connection to one replica, so without an age it never moves to a replica
+    added later. Nothing when age_s is 0."""
+    if age_s <= 0:
+        return []
+    return [
+        ("grpc.max_connection_age_ms", int(age_s * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(grace_s * 1000)),
+    ]
 
 
 def health_server(health_servicer: health.aio.HealthServicer) -> grpc.aio.Server:

@@ -184,6 +184,8 @@ def arg_value(args: list[str], flag: str) -> str | None:
 
 
 def host_port(target: str) -> tuple[str, int]:
+    """(Service name, port) of host:port, a URL's host, or a gRPC target such as dns:///name.namespace:port."""
+    target = re.sub(r"^dns://[^/]*/", "", target)
     host, port = target.rsplit(":", 1)
     return host.split(".")[0], int(port)
 

@@ -31,12 +31,18 @@ def check_backends(docs: list[dict]) -> list[str]:
     env = container_env(docs, container)
     if env.get("ACG2VEC_INFERENCE_BACKEND") != "tfserving":
         problems.append("ACG2VEC_INFERENCE_BACKEND should be tfserving in Kubernetes")
-    host, port = host_port(env.get("ACG2VEC_TFSERVING_TARGET", "127.0.0.1:8500"))
+    target = env.get("ACG2VEC_TFSERVING_TARGET", "127.0.0.1:8500")
+    host, port = host_port(target)
     hit = resolve_service_port(docs, host, port)
     if hit is None:
         problems.append(f"ACG2VEC_TFSERVING_TARGET {host}:{port}: no such Service port")
     elif not any(p.owner["metadata"]["name"] == "tfserving" for p in service_pods(docs, hit[0])):
         problems.append(f"ACG2VEC_TFSERVING_TARGET {host}:{port} does not reach the tfserving pods")
+    elif not target.startswith("dns:///") or hit[0]["spec"].get("clusterIP") != "None":
+        problems.append(
+            f"ACG2VEC_TFSERVING_TARGET {target}: per-call balancing over the TF-Serving pods needs dns:///<headless "
+            "Service>:<port> (round_robin over every pod address); a ClusterIP Service pins each server to one pod"
+        )
 
     repo = env.get("ACG2VEC_MODEL_REPOSITORY")
     tf = find(docs, "Deployment", "tfserving")

@@ -8,6 +8,36 @@ import re
 from .objects import arg_value, by_kind, container_port, find, mount_of, mounted_file, pods, server_setting
 
 
+def _int_parameter(text: str, name: str) -> int | None:
+    m = re.search(rf"{name}\s*\{{\s*value:\s*(\d+)\s*\}}", text)
+    return int(m.group(1)) if m else None
+
+
+def _concurrency(docs: list[dict], dep: dict, batching: str) -> list[str]:
+    """The server's inference_concurrency (batches of one model in flight per server replica) is TF-Serving
+    replicas x num_batch_threads, so one server replica can keep every batch thread busy; and the most server
+    replicas (HPA) x that stay within what TF-Serving's queues hold (replicas x max_enqueued_batches)."""
+    replicas = int(dep["spec"].get("replicas", 1))
+    threads, enqueued = _int_parameter(batching, "num_batch_threads"), _int_parameter(batching, "max_enqueued_batches")
+    if threads is None or enqueued is None:
+        return ["TF-Serving batching parameters: set num_batch_threads and max_enqueued_batches"]
+    concurrency = int(server_setting(docs, "inference_concurrency"))
+    problems = []
+    if concurrency != replicas * threads:
+        problems.append(
+            f"ACG2VEC_INFERENCE_CONCURRENCY {concurrency} != TF-Serving replicas {replicas} x num_batch_threads "
+            f"{threads} = {replicas * threads}"
+        )
+    hpa = find(docs, "HorizontalPodAutoscaler", "acg2vec")
+    servers = int(hpa["spec"]["maxReplicas"]) if hpa else 1
+    if servers * concurrency > replicas * enqueued:
+        problems.append(
+            f"{servers} server replicas x ACG2VEC_INFERENCE_CONCURRENCY {concurrency} batches exceed what TF-Serving "
+            f"queues hold ({replicas} replicas x max_enqueued_batches {enqueued}): raise max_enqueued_batches"
+        )
+    return problems
+
+
 def check_tfserving(docs: list[dict]) -> list[str]:
     problems = []
     dep = find(docs, "Deployment", "tfserving")
@@ -53,6 +83,7 @@ def check_tfserving(docs: list[dict]) -> list[str]:
         server_max = int(server_setting(docs, "max_batch_size"))
         if not m or int(m.group(1)) < server_max:
             problems.append(f"TF-Serving max_batch_size below the server's max_batch_size {server_max}")
+        problems += _concurrency(docs, dep, text)
     grpc = container_port(c, "grpc")
     if grpc is None or arg_value(args, "--port") != str(grpc["containerPort"]):
         problems.append("TF-Serving: --port is not the container's grpc port")
