@@ -584,6 +584,20 @@ BREAKAGES = [
     (
         "tendis",
         "prod",
+        lambda d: _set_tendis_conf(d, "domain-enabled yes\n", ""),
+        "a cluster needs domain-enabled yes",
+    ),
+    (
+        "tendis",
+        "prod",
+        lambda d: _container(d, "StatefulSet", "tendis")["args"].__setitem__(
+            0, _container(d, "StatefulSet", "tendis")["args"][0].replace("s/^bind .*/bind $name/", "")
+        ),
+        "must bind the pod's own DNS name",
+    ),
+    (
+        "tendis",
+        "prod",
         lambda d: find(d, "StatefulSet", "tendis")["spec"].update(replicas=8),
         "TENDIS_REPLICAS 6 != StatefulSet replicas 8",
     ),
@@ -716,40 +730,37 @@ def _tool(name: str) -> str | None:
     reason="needs redis-server and redis-cli",
 )
 def test_tendis_cluster_script_forms_a_cluster_and_is_idempotent(tmp_path):
-    """The prod cluster-forming script, run against six Redis Cluster nodes (the protocol Tendis speaks)."""
+    """The prod cluster-forming script, run against six Redis Cluster nodes (the protocol Tendis speaks); then every
+    node restarts at once and the cluster re-forms by itself, from what each node saved, with no MEET."""
     script = K8S / "overlays" / "prod" / "tendis" / "tendis-cluster-init.sh"
     server, cli = _tool("redis-server"), _tool("redis-cli")
     ports = cluster_ports(6)
-    procs = []
-    try:
+    procs: list[subprocess.Popen] = []
+
+    def start_nodes() -> None:
         for port in ports:
             d = tmp_path / str(port)
-            d.mkdir()
-            procs.append(
-                subprocess.Popen(
-                    [
-                        server,
-                        "--port",
-                        str(port),
-                        "--bind",
-                        "127.0.0.1",
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                        "--cluster-node-timeout",
-                        "2000",
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                        "--dir",
-                        str(d),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
+            d.mkdir(exist_ok=True)
+            args = [server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                    "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000", "--save", "",
+                    "--appendonly", "yes", "--dir", str(d)]  # fmt: skip
+            procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def stop_nodes() -> None:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        procs.clear()
+
+    def redis(port: int, *command: str) -> str:
+        return subprocess.run([cli, "-c", "-p", str(port), *command], capture_output=True, text=True).stdout.strip()
+
+    try:
+        start_nodes()
         env = {
             **os.environ,
             "TENDIS_NODES": " ".join(f"127.0.0.1:{p}" for p in ports),
@@ -789,11 +800,24 @@ def test_tendis_cluster_script_forms_a_cluster_and_is_idempotent(tmp_path):
             timeout=60,
         )
         assert bad.returncode == 2 and "at least 3 masters" in bad.stderr
+
+        # Every node restarts at once (in Kubernetes: every pod, each with a new IP; Tendis with domain-enabled keeps
+        # the DNS names, as these nodes keep their addresses): the cluster re-forms by itself, data included.
+        stop_nodes()
+        start_nodes()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            states = [redis(p, "cluster", "info") for p in ports]
+            if all("cluster_state:ok" in s and "cluster_known_nodes:6" in s for s in states):
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"the cluster did not re-form by itself: {states}")
+        assert redis(ports[4], "get", "acg2vec:k") == "v"
+        nodes = redis(ports[2], "cluster", "nodes")
+        roles = sorted(ln.split()[2].replace("myself,", "") for ln in nodes.splitlines())
+        assert roles == ["master"] * 3 + ["slave"] * 3, nodes
+        again = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, timeout=60)
+        assert again.returncode == 0 and "already formed" in again.stdout, again.stdout + again.stderr
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_nodes()

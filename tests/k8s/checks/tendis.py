@@ -14,7 +14,7 @@ def tendis_conf(docs: list[dict]) -> tuple[dict, Pod, dict, dict[str, str], str]
     pod = next(p for p in pods(docs) if p.owner is sts)
     container = pod.spec["containers"][0]
     words = shlex.split(" ".join(container.get("command", []) + container.get("args", [])))
-    conf_path = next(w for w in words if w.endswith(".conf"))
+    conf_path = next(w for w in words if w.endswith(".conf")).rsplit("=", 1)[-1]  # also in `conf=/path.conf`
     text = mounted_file(docs, pod, container, conf_path)
     assert text is not None, f"{conf_path} is not in a mounted ConfigMap"
     conf = {}
@@ -60,6 +60,14 @@ def check_tendis(docs: list[dict], cluster: bool) -> list[str]:
         if replicas != 1:
             problems.append(f"tendis: {replicas} replicas without cluster mode are {replicas} separate databases")
         return problems
+    script = " ".join(c.get("command", []) + c.get("args", []))
+    if conf.get("domain-enabled") != "yes":
+        problems.append(
+            "tendisplus.conf: a cluster needs domain-enabled yes, so that nodes find each other by DNS name after "
+            "every pod restarts with a new IP"
+        )
+    elif "grep -q '^domain-enabled yes'" not in script or "s/^bind .*/bind $name/" not in script:
+        problems.append("tendis: with domain-enabled the start command must bind the pod's own DNS name")
     if container_port(c, int(conf["port"]) + 10000) is None:
         problems.append("tendis: the cluster bus port (port + 10000) is not a container port")
     if headless is not None and not headless["spec"].get("publishNotReadyAddresses"):
@@ -82,6 +90,8 @@ def check_tendis(docs: list[dict], cluster: bool) -> list[str]:
             problems.append(f"Job {name}: TENDIS_SERVICE is not {sts['spec']['serviceName']}")
         if env.get("TENDIS_PORT") != conf["port"]:
             problems.append(f"Job {name}: TENDIS_PORT is not {conf['port']}")
+        if env.get("TENDIS_MEET_BY", "name") != "name" and conf.get("domain-enabled") == "yes":
+            problems.append(f"Job {name}: with domain-enabled nodes must meet by name (TENDIS_MEET_BY)")
         per = int(env.get("CLUSTER_REPLICAS", "1")) + 1
         if replicas % per or replicas // per < 3:
             problems.append(f"Job {name}: {replicas} nodes do not make >= 3 masters with {per - 1} replicas each")

@@ -5,10 +5,17 @@
 # CLUSTER REPLICATE each remaining node to a master. Idempotent: a formed cluster is left alone, and a
 # half-formed one is completed (nodes that already hold slots or already replicate are skipped).
 #
+# Nodes meet by DNS name (Tendis `domain-enabled yes`): each pod's full name, tendis-<i>.tendis-headless.<the
+# namespace's search domain>, the name the pod binds and announces, so the cluster re-forms by itself after every pod
+# restarts with a new IP. TENDIS_MEET_BY=ip meets by the resolved IP instead (Redis Cluster accepts IPs only).
+#
 # Environment:
-#   TENDIS_NODES        space-separated host:port list (default: built from the four variables below)
+#   TENDIS_NODES        space-separated host:port list (default: built from the variables below)
 #   TENDIS_STATEFULSET  StatefulSet name (tendis)      TENDIS_SERVICE  headless Service (tendis-headless)
 #   TENDIS_REPLICAS     number of pods (6)             TENDIS_PORT     client port (51002)
+#   TENDIS_DOMAIN       suffix after the Service (default: the first search domain of /etc/resolv.conf,
+#                       <namespace>.svc.<cluster domain> in a pod)
+#   TENDIS_MEET_BY      name (default) or ip
 #   CLUSTER_REPLICAS    replicas per master (1)        WAIT_TIMEOUT_S  how long to wait for nodes (600)
 #   REDIS_CLI           redis-cli binary (redis-cli)  POLL_S          seconds between checks (2)
 set -eu
@@ -22,11 +29,15 @@ TIMEOUT="${WAIT_TIMEOUT_S:-600}"
 CLI="${REDIS_CLI:-redis-cli}"
 POLL="${POLL_S:-2}"
 
+MEET_BY="${TENDIS_MEET_BY:-name}"
+case "$MEET_BY" in name | ip) ;; *) echo "TENDIS_MEET_BY must be name or ip, not $MEET_BY" >&2; exit 2 ;; esac
+
 if [ -z "${TENDIS_NODES:-}" ]; then
+  DOMAIN="${TENDIS_DOMAIN:-$(awk '$1 == "search" { print $2; exit }' /etc/resolv.conf 2>/dev/null || true)}"
   TENDIS_NODES=""
   i=0
   while [ "$i" -lt "$COUNT" ]; do
-    TENDIS_NODES="$TENDIS_NODES ${STS}-${i}.${SVC}:${PORT}"
+    TENDIS_NODES="$TENDIS_NODES ${STS}-${i}.${SVC}${DOMAIN:+.$DOMAIN}:${PORT}"
     i=$((i + 1))
   done
 fi
@@ -81,7 +92,8 @@ fi
 
 for node in "$@"; do
   [ "$node" = "$first" ] && continue
-  cli "$first" cluster meet "$(ip_of "$node")" "$(port_of "$node")"
+  if [ "$MEET_BY" = ip ]; then host="$(ip_of "$node")"; else host="$(host_of "$node")"; fi
+  cli "$first" cluster meet "$host" "$(port_of "$node")"
 done
 for node in "$@"; do wait_until "$node to see all $N nodes" knows_all "$node"; done
 
