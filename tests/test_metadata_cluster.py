@@ -70,6 +70,11 @@ async def test_metadata_store_contract(store: RedisMetadataStore, redis_cluster:
     marked.state = "deleting"
     await store.put(marked)
     assert (await store.get("ill/3")).state == "deleting"
+    assert await store.acquire("ill/3", "me", 5000) == 1  # the lease, on the record's node
+    assert await store.holds("ill/3", "me", 1) and await store.acquire("ill/3", "you", 5000) is None
+    await store.release("ill/3", "me")
+    assert await store.acquire("ill/3", "you", 5000) == 2
+    await store.release("ill/3", "you")
     for id in ids:
         await store.delete(id)
         await store.remove_pending(id)

@@ -14,6 +14,7 @@ Tendis's command table (checked by a test that watches the server with MONITOR).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Iterable
 from typing import Any
@@ -202,7 +203,12 @@ class RedisMetadataStore:
         pipe = self._redis.pipeline(transaction=False)
         pipe.incr(self.fence_key(id))
         pipe.persist(self.fence_key(id))  # a delete gave it an expiry
-        fence, _ = await self._call(pipe.execute())
+        try:
+            fence, _ = await self._call(pipe.execute())
+        except BaseException:  # failed or cancelled: do not leave the lease taken for its whole TTL
+            with contextlib.suppress(Exception):
+                await self._redis.delete(self.lease_key(id))
+            raise
         return int(fence)
 
     async def holds(self, id: str, token: str, fence: int) -> bool:
