@@ -44,7 +44,7 @@ async def load(args: argparse.Namespace, data: Path) -> None:
     # per fsync); the server itself runs with the embedded default, appendfsync always.
     import redis as redis_py
 
-    redis_py.Redis.from_url(redis.url).config_set("appendfsync", "everysec")
+    redis_py.Redis.from_url(redis.url, protocol=2).config_set("appendfsync", "everysec")
     meta = RedisMetadataStore(redis.url)
     vectors = MilvusVectorStore(
         str(data / "milvus.db"), "acg2vec_illustrations", index_type=args.index, hnsw_m=args.m,

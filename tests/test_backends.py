@@ -19,7 +19,7 @@ from tests.support.records import record
 
 
 def test_tendis_unsupported_commands_are_disabled(redis_server: EmbeddedRedis):
-    client = redis.Redis.from_url(redis_server.url)
+    client = redis.Redis.from_url(redis_server.url, protocol=2)  # Tendis has no HELLO (RESP3)
     for command in (
         ("EVAL", "return 1", 0),
         ("SCRIPT", "FLUSH"),
@@ -31,6 +31,8 @@ def test_tendis_unsupported_commands_are_disabled(redis_server: EmbeddedRedis):
         ("TOUCH", "k"),
         ("ZPOPMIN", "k"),
         ("GEOADD", "g", 0, 0, "m"),
+        ("WATCH", "k"),
+        ("HELLO", 3),
     ):
         with pytest.raises(redis.ResponseError, match="unknown command"):
             client.execute_command(*command)

@@ -46,7 +46,7 @@ async def store(request, redis_server: EmbeddedRedis, redis_cluster: RedisCluste
 
 def test_every_cluster_node_refuses_what_tendis_lacks(redis_cluster: RedisCluster):
     for port in redis_cluster.ports:
-        client = redis.Redis(host="127.0.0.1", port=port)
+        client = redis.Redis(host="127.0.0.1", port=port, protocol=2)
         for command in (("EVAL", "return 1", 0), ("RANDOMKEY",), ("TOUCH", "k"), ("BLPOP", "k", 1)):
             with pytest.raises(redis.ResponseError, match="unknown command"):
                 client.execute_command(*command)
@@ -66,8 +66,15 @@ async def test_metadata_store_contract(store: RedisMetadataStore, redis_cluster:
     np.testing.assert_array_equal(got["ill/7"].image_vector, record("ill/7", seed=7).image_vector)
     assert await store.pending() == sorted(ids)
     assert await store.count() == 40
-    await store.set_state("ill/3", "deleting")
+    marked = await store.get("ill/3")
+    marked.state = "deleting"
+    await store.put(marked)
     assert (await store.get("ill/3")).state == "deleting"
+    assert await store.acquire("ill/3", "me", 5000) == 1  # the lease, on the record's node
+    assert await store.holds("ill/3", "me", 1) and await store.acquire("ill/3", "you", 5000) is None
+    await store.release("ill/3", "me")
+    assert await store.acquire("ill/3", "you", 5000) == 2
+    await store.release("ill/3", "you")
     for id in ids:
         await store.delete(id)
         await store.remove_pending(id)

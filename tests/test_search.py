@@ -209,7 +209,9 @@ async def test_a_record_being_deleted_is_not_a_hit_and_repair_removes_it(app: Ap
     assert app.domain is not None
     ill = app.domain.illustrations
     await ill.meta.add_pending("del-1")  # a delete that died after marking the record
-    await ill.meta.set_state("del-1", "deleting")
+    marked = await ill.meta.get("del-1")
+    marked.state = "deleting"
+    await ill.meta.put(marked)
     hits = await stubs.search.Search(search_pb2.SearchRequest(image=image, top_k=5))
     assert "del-1" not in [h.id for h in hits.hits]
     assert await ill.repair(["del-1"]) == 1

@@ -62,7 +62,8 @@ def build_domain(s: Settings, inference: InferenceBackend, meta: MetadataStore, 
     )  # fmt: skip
     tag_thresholds = read_tag_thresholds(s.tag_thresholds_file) if s.tag_thresholds_file else {}
     tagger = Tagger(models, s.default_tag_threshold, s.default_tag_top_k, tag_thresholds)
-    return Domain(limits, models, tagger, Illustrations(models, tagger, meta, vectors, limits))
+    illustrations = Illustrations(models, tagger, meta, vectors, limits, lease_ttl_s=s.lease_ttl_s)
+    return Domain(limits, models, tagger, illustrations)
 
 
 @dataclass

@@ -14,8 +14,12 @@ AuthMode = Literal["token", "none"]
 LogFormat = Literal["text", "json"]
 OtlpProtocol = Literal["", "grpc", "http/protobuf"]
 
-#: Commands Tendis does not implement; the embedded server disables them so that using one fails fast.
+#: Commands the application must not use on Tendis; the embedded server disables them so that using one fails
+#: fast. Tendis 2.7's command table (src/tendisplus/commands/*.cpp) has no WATCH/UNWATCH/DISCARD (MULTI/EXEC
+#: exist without them), no HELLO (RESP2 only), none of the blocking pops, GEO*, ZPOPMIN/MAX, WAIT, TOUCH,
+#: RANDOMKEY, SWAPDB, MIGRATE, FUNCTION; it has EVAL and OBJECT, which stay off by design (no Lua).
 TENDIS_UNSUPPORTED_COMMANDS: tuple[str, ...] = (
+    "WATCH", "UNWATCH", "DISCARD", "HELLO",
     "EVAL", "EVALSHA", "SCRIPT", "FUNCTION", "FCALL", "FCALL_RO",
     "BLPOP", "BRPOP", "BRPOPLPUSH", "BLMOVE", "BZPOPMIN", "BZPOPMAX",
     "SWAPDB", "RANDOMKEY", "OBJECT", "WAIT", "MIGRATE", "TOUCH", "ZPOPMIN", "ZPOPMAX",
@@ -137,6 +141,11 @@ class Settings(BaseSettings):
     )
     redis_key_prefix: str = "acg2vec:v1"
     redis_timeout_s: float = 5.0
+    lease_ttl_s: float = Field(
+        30.0, gt=0.5,
+        description="Per-id write lease (replicas share the store): a write must finish within 2/3 of it, and a "
+        "crashed replica's ids are free again after it.",
+    )  # fmt: skip
     embedded_redis_port: int = Field(0, description="Port of the embedded Redis-protocol server; 0 picks a free one.")
     tendis_compat: bool = Field(True, description="Disable commands Tendis lacks on the embedded server.")
 

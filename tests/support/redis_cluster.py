@@ -91,7 +91,7 @@ class RedisCluster:
         raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
 
     def _wait_for(self, port: int, timeout_s: float) -> redis.Redis:
-        client = redis.Redis(host="127.0.0.1", port=port)
+        client = redis.Redis(host="127.0.0.1", port=port, protocol=2)  # no HELLO on Tendis
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with contextlib.suppress(redis.ConnectionError):

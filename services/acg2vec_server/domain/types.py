@@ -15,7 +15,8 @@ RATING_TAGS: dict[str, str] = {
     "rating:safe": "general",
 }  # fmt: skip
 Space = Literal["image", "text"]
-RecordState = Literal["committed", "pending", "deleting"]
+#: "damaged": the metadata store holds fields it cannot decode (repair removes the id from both stores).
+RecordState = Literal["committed", "pending", "deleting", "damaged"]
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,8 @@ class IllustrationRecord:
     update_time: float
     state: RecordState = "committed"
     write_id: str = ""
+    #: The fencing token of the lease under which this version was stored (consistency.py).
+    fence: int = 0
 
 
 @dataclass(frozen=True)

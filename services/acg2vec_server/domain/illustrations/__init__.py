@@ -1,6 +1,6 @@
 """Stored illustrations: one record in the metadata store and one row per vector space in the vector store.
 
-Holds `consistency.py` (the write protocol over the two stores, the per-id writer lock, repair), `indexing.py`
+Holds `consistency.py` (the write protocol over the two stores, the per-id lease, repair), `indexing.py`
 (index, update metadata, delete) and `search.py` (get, similarity search, paging); `Illustrations` below is
 the one object the transport and the tools use. Imports the domain only (ports, models, tagging, types).
 """
@@ -25,10 +25,10 @@ class Illustrations:
 
     def __init__(
         self, models: Models, tagger: Tagger, meta: MetadataStore, vectors: VectorStore, limits: Limits,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, lease_ttl_s: float = 30.0,
     ):  # fmt: skip
         self.models, self.meta, self.vectors = models, meta, vectors
-        self.consistency = Consistency(meta, vectors)
+        self.consistency = Consistency(meta, vectors, lease_ttl_s)
         self.writes = Indexing(models, tagger, self.consistency, limits, clock)
         self.reads = Search(models, meta, vectors, self.consistency, limits)
 

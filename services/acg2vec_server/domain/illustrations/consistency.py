@@ -1,16 +1,24 @@
-"""Metadata and vectors kept consistent: the write protocol, the per-id writer lock, and repair.
+"""Metadata and vectors kept consistent: the write protocol, the per-id lease, and repair.
 
 Write protocol (no cross-store transactions exist, so every write is an intent that can be finished):
-  1. SADD pending id            2. HSET record (state=pending, vectors included)
-  3. Milvus upsert              4. HSET state=committed      5. SREM pending id
-Delete: pending id, state=deleting, Milvus delete, DEL record, SREM. A crash anywhere leaves the id in
+  1. SADD pending id            2. put record (state=pending, vectors included)
+  3. Milvus upsert              4. put record (state=committed)      5. SREM pending id
+Delete: pending id, put state=deleting, Milvus delete, DEL record, SREM. A crash anywhere leaves the id in
 the pending set; repair finishes the job from the record, which holds the vectors. So Milvus never keeps an
-orphan and no record stays unsearchable. Repair runs from here only: at start-up and in `acg2vec repair`
-(`repair`, `reconcile`), in the background (`BackgroundRepair`: writes that failed part-way), and for one id
-when it is read or written (`settle`).
+orphan and no record stays unsearchable. A state change rewrites the whole record in one command, so a record
+deleted meanwhile is never re-created half-written. Repair runs from here only: at start-up and in `acg2vec
+repair` (`repair`, `reconcile`), in the background (`BackgroundRepair`: writes that failed part-way), and for one
+id when it is read or written (`settle`).
 
-Every state change of an id happens inside `exclusive(id)`: today an in-process lock; the seam where a
-cross-process lease with a fencing token goes (several replicas share one Tendis).
+Several server processes share the stores, so every change of an id (write, delete, repair, and a read that
+finds a record to settle) happens inside `exclusive(id)`: an in-process lock (one task per id and process
+competes) and then the id's lease in the metadata store (`SET lease token NX PX ttl`, waited for up to the TTL,
+so a crashed holder's lease runs out first) with a fencing token (INCR of the id's counter, stored in the
+record). Before every state change the holder checks (`_check`) that its lease has not run out by its own
+clock, that the store still has its token, and that no later holder (a greater fence) stored the record.
+Without Lua or WATCH (Tendis has neither) a check and the write after it are two commands: the lease is only
+trusted until `ttl - ttl/3` after it was asked for, so a write that passed its check lands while the lease is
+still held unless the process stalls for ttl/3 between the two (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -19,11 +27,13 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
-from acg2vec_server.domain.errors import Acg2vecError
+from acg2vec_server.domain.errors import Acg2vecError, BackendUnavailable
 from acg2vec_server.domain.periodic import Periodic
 from acg2vec_server.domain.ports import MetadataStore, VectorStore
 from acg2vec_server.domain.types import IllustrationRecord, VectorRow
@@ -33,10 +43,6 @@ log = logging.getLogger(__name__)
 CRASH_AT = os.environ.get("ACG2VEC_CRASH_AT", "")
 
 
-def _version(record: IllustrationRecord | None) -> tuple[str, str] | None:
-    return None if record is None else (record.write_id, record.state)
-
-
 def to_row(record: IllustrationRecord) -> VectorRow:
     return VectorRow(
         record.id, record.image_vector, record.text_vector, record.rating,
@@ -44,21 +50,79 @@ def to_row(record: IllustrationRecord) -> VectorRow:
     )  # fmt: skip
 
 
+@dataclass
+class Lease:
+    id: str
+    token: str
+    fence: int
+    #: time.monotonic() after which the lease is no longer trusted (ttl - ttl/3 after it was asked for)
+    trusted_until: float
+
+
 class Consistency:
-    def __init__(self, meta: MetadataStore, vectors: VectorStore):
-        self.meta, self.vectors = meta, vectors
+    def __init__(self, meta: MetadataStore, vectors: VectorStore, lease_ttl_s: float = 30.0):
+        self.meta, self.vectors, self.lease_ttl_s = meta, vectors, lease_ttl_s
         self.fault_hook: Callable[[str], Awaitable[None]] | None = None
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._leases: dict[str, Lease] = {}  # the ids this process holds, inside exclusive()
         self._pending_seen: set[str] = set()
 
     @contextlib.asynccontextmanager
     async def exclusive(self, id: str) -> AsyncIterator[None]:
-        """Holds the right to change `id` (both stores) until the block ends."""
+        """Holds the right to change `id` (both stores, across processes) until the block ends."""
         lock = self._locks.get(id)
         if lock is None:
             lock = self._locks[id] = asyncio.Lock()
         async with lock:
-            yield
+            lease = await self._acquire(id)
+            self._leases[id] = lease
+            try:
+                yield
+            finally:
+                del self._leases[id]
+                await self._release(lease)
+
+    async def _acquire(self, id: str) -> Lease:
+        token, ttl_ms = uuid.uuid4().hex, max(1, int(self.lease_ttl_s * 1000))
+        give_up, delay = time.monotonic() + self.lease_ttl_s, 0.002
+        while True:
+            asked = time.monotonic()
+            fence = await self.meta.acquire(id, token, ttl_ms)
+            if fence is not None:
+                return Lease(id, token, fence, asked + self.lease_ttl_s * 2 / 3)
+            if time.monotonic() >= give_up:
+                raise BackendUnavailable(
+                    "metadata",
+                    f"illustration {id!r} is being changed by another request (its lease stayed taken for "
+                    f"{self.lease_ttl_s:g}s); retry",
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    async def _release(self, lease: Lease) -> None:
+        if time.monotonic() >= lease.trusted_until:
+            return  # it may have passed on already: let it expire rather than delete another holder's
+        with contextlib.suppress(BackendUnavailable):  # it expires by itself
+            await self.meta.release(lease.id, lease.token)
+
+    def _lease(self, id: str) -> Lease:
+        lease = self._leases.get(id)
+        if lease is None:
+            raise RuntimeError(f"changing {id!r} outside exclusive({id!r})")
+        return lease
+
+    async def _check(self, lease: Lease) -> None:
+        """Before every state change: the lease is still ours (by our clock and by the store) and no later
+        holder stored the record. Otherwise the change is not made; what was done stays pending for repair."""
+        if time.monotonic() >= lease.trusted_until:
+            problem = f"took longer than its lease allows ({self.lease_ttl_s * 2 / 3:.1f}s of ACG2VEC_LEASE_TTL_S)"
+        elif not await self.meta.holds(lease.id, lease.token, lease.fence):
+            problem = "lost its lease to another request"
+        else:
+            return
+        raise BackendUnavailable(
+            "metadata", f"the change of illustration {lease.id!r} {problem}; repair finishes it, retry"
+        )
 
     async def _fault(self, point: str) -> None:
         if point == CRASH_AT:
@@ -69,56 +133,75 @@ class Consistency:
     # -- the protocol (callers hold exclusive(id))
     async def write(self, record: IllustrationRecord) -> None:
         """Stores `record` in both stores (a new write_id; state committed at the end)."""
-        record.state, record.write_id = "pending", uuid.uuid4().hex
+        lease = self._lease(record.id)
+        record.state, record.write_id, record.fence = "pending", uuid.uuid4().hex, lease.fence
         await self.meta.add_pending(record.id)
+        await self._check(lease)
         await self.meta.put(record)
         await self._fault("after_metadata")
+        await self._check(lease)
         await self.vectors.upsert([to_row(record)])
         await self._fault("after_vectors")
-        await self.meta.set_state(record.id, "committed")
+        await self._check(lease)
         record.state = "committed"
+        await self.meta.put(record)
         await self.meta.remove_pending(record.id)
 
     async def remove(self, id: str) -> bool:
-        """Deletes `id` from both stores; True if it existed (and was not already being deleted)."""
+        """Deletes `id` from both stores; True if a readable illustration existed (and was not being deleted)."""
+        lease = self._lease(id)
         existing = await self.meta.get(id)
         if existing is None:
             return False
+        existed = existing.state in ("committed", "pending")
         await self.meta.add_pending(id)
-        await self.meta.set_state(id, "deleting")
-        await self.vectors.delete([id])
-        await self.meta.delete(id)
+        if existing.state != "damaged":
+            existing.state, existing.fence = "deleting", lease.fence
+            await self._check(lease)
+            await self.meta.put(existing)
+        await self._delete_both(lease)
         await self.meta.remove_pending(id)
-        return existing.state != "deleting"
+        return existed
+
+    async def _delete_both(self, lease: Lease) -> None:
+        await self._check(lease)
+        await self.vectors.delete([lease.id])
+        await self._check(lease)
+        await self.meta.delete(lease.id)
 
     async def settle(self, id: str) -> IllustrationRecord | None:
         """The id's committed record, or None: a record left pending by an interrupted write or delete is
-        finished first. The one place a read repairs (writers call it inside exclusive(id))."""
+        finished first (callers hold exclusive(id))."""
         record = await self.meta.get(id)
         if record is not None and record.state != "committed":
             await self._repair_one(id)
             record = await self.meta.get(id)
         return record
 
+    async def read(self, id: str) -> IllustrationRecord | None:
+        """`settle` for readers: a committed record is returned as it is; anything else is settled under the
+        id's lease (so a read waits for a write in progress and never writes outside the lease)."""
+        record = await self.meta.get(id)
+        if record is None or record.state == "committed":
+            return record
+        async with self.exclusive(id):
+            return await self.settle(id)
+
     # -- repair
     async def _repair_one(self, id: str) -> None:
-        """Makes Milvus match the record, then settles the record. The record is read again after the Milvus
-        write: if another process rewrote it meanwhile, the row is written again, so that a stale row never
-        outlives the record it came from."""
+        """Makes Milvus match the record, then settles the record (the caller holds exclusive(id))."""
+        lease = self._lease(id)
         record = await self.meta.get(id)
-        for _ in range(10):
-            if record is None or record.state == "deleting":
-                await self.vectors.delete([id])
-            else:
-                await self.vectors.upsert([to_row(record)])
-            again = await self.meta.get(id)
-            if _version(again) == _version(record):
-                break
-            record = again
-        if record is not None and record.state == "deleting":
-            await self.meta.delete(id)
-        elif record is not None and record.state != "committed":
-            await self.meta.set_state(id, "committed")
+        if record is None or record.state in ("deleting", "damaged"):
+            if record is not None and record.state == "damaged":
+                log.warning("the record of %r could not be decoded: removed from both stores; index it again", id)
+            await self._delete_both(lease)
+        elif record.state == "pending":
+            await self._check(lease)
+            await self.vectors.upsert([to_row(record)])
+            record.state, record.fence = "committed", lease.fence
+            await self._check(lease)
+            await self.meta.put(record)
         await self.meta.remove_pending(id)
 
     async def repair(self, ids: list[str] | None = None) -> int:
@@ -133,21 +216,32 @@ class Consistency:
 
     async def reconcile(self, chunk: int = 512) -> tuple[int, int]:
         """The full pass (`acg2vec repair --full`): finishes pending work, then gives every committed record
-        whose row Milvus lacks (e.g. Milvus restored from an older backup) its row again, and removes rows
-        that have no record. Returns (rows restored, rows removed)."""
+        whose row Milvus lacks (e.g. Milvus restored from an older backup) its row again, settles any other
+        record Milvus lacks (e.g. a damaged one), and removes rows that have no record. Each id under its lease.
+        Returns (rows restored, rows removed)."""
         await self.repair()
         stored, indexed = await self.meta.ids(), await self.vectors.ids()
         restored = removed = 0
         missing = sorted(stored - indexed)
         for start in range(0, len(missing), chunk):
-            records = await self.meta.get_many(missing[start : start + chunk])
-            rows = [to_row(r) for r in records.values() if r.state == "committed"]  # others: repair's work
-            if rows:
-                await self.vectors.upsert(rows)
-                restored += len(rows)
+            ids = missing[start : start + chunk]
+            async with contextlib.AsyncExitStack() as held:
+                for id in ids:  # in sorted order: two passes cannot wait for each other
+                    await held.enter_async_context(self.exclusive(id))
+                records = await self.meta.get_many(ids)
+                rows = [to_row(r) for r in records.values() if r.state == "committed"]
+                if rows:
+                    for row in rows:
+                        await self._check(self._lease(row.id))
+                    await self.vectors.upsert(rows)
+                    restored += len(rows)
+                for record in records.values():
+                    if record.state != "committed":
+                        await self._repair_one(record.id)
         for id in sorted(indexed - stored):
             async with self.exclusive(id):
                 if await self.meta.get(id) is None:  # written meanwhile? then it is no orphan
+                    await self._check(self._lease(id))
                     await self.vectors.delete([id])
                     removed += 1
         if restored or removed:

@@ -53,7 +53,7 @@ class Search:
 
     async def get(self, id: str) -> IllustrationRecord:
         inputs.check_id(id)
-        record = await self.consistency.settle(id)
+        record = await self.consistency.read(id)
         if record is None:
             raise NotFound(f"no illustration with id {id!r}", [FieldViolation("id", "unknown")])
         return record
@@ -107,7 +107,8 @@ class Search:
         has_more = len(page) > top_k
         page = page[:top_k]
         records = await self.meta.get_many([id for id, _ in page])
-        hits = [Hit(id, score, records[id]) for id, score in page if id in records and records[id].state != "deleting"]
+        visible = {id for id, r in records.items() if r.state in ("committed", "pending")}  # not deleting, damaged
+        hits = [Hit(id, score, records[id]) for id, score in page if id in visible]
         token = encode_page_token(offset + top_k, fingerprint) if has_more else ""
         return SearchPage(hits, token, space, model)
 
