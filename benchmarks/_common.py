@@ -260,19 +260,20 @@ def profiled(pid: int, out: Path | None, native: bool = False) -> Iterator[None]
             spy.wait(120)
         except subprocess.TimeoutExpired:
             spy.kill()
-        rows = [f"{tid}\t{after[tid] - before.get(tid, 0.0):.3f}" for tid in after]
+        rows = [f"{tid}\t{after[tid][0] - before.get(tid, (0.0, ''))[0]:.3f}\t{after[tid][1]}" for tid in after]
         out.with_suffix(".cpu.tsv").write_text(f"wall\t{wall:.3f}\n" + "\n".join(rows) + "\n")
         print(f"profile of pid {pid}: {out} (CPU seconds per thread: {out.with_suffix('.cpu.tsv')})", flush=True)
 
 
-def thread_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds (user + system) of each thread of a process, by native thread id (Linux /proc)."""
+def thread_cpu(pid: int) -> dict[int, tuple[float, str]]:
+    """(CPU seconds (user + system), OS thread name) of each thread of a process, by native thread id (/proc)."""
     import os
 
     tick = os.sysconf("SC_CLK_TCK")
     cpu = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            cpu[int(task.name)] = (int(fields[11]) + int(fields[12])) / tick
+            comm, fields = (task / "stat").read_text().split(" (", 1)[1].rsplit(")", 1)
+            values = fields.split()
+            cpu[int(task.name)] = ((int(values[11]) + int(values[12])) / tick, comm)
     return cpu

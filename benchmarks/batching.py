@@ -83,7 +83,7 @@ async def main(args: argparse.Namespace) -> None:
         ratio = Ratio(f"tagging, {args.clients} clients x batch 1 vs bare batch {best_size}", 0.95)
         with tempfile.TemporaryDirectory(prefix="acg2vec-batching-") as tmp:
             server = embedded_server(Path(tmp), models, **extra)
-            await server.start()
+            await server.start(service="acg2vec.v1.TaggingService")
             try:
                 await service(server, images, args.clients, min(5.0, args.seconds), "warm-up")
                 await interleaved(
@@ -102,7 +102,7 @@ async def main(args: argparse.Namespace) -> None:
         if args.with_off:
             with tempfile.TemporaryDirectory(prefix="acg2vec-batching-") as tmp:
                 server = embedded_server(Path(tmp), models, **{**extra, "batch_max_size": "1"})
-                await server.start()
+                await server.start(service="acg2vec.v1.TaggingService")
                 try:
                     off = await service(server, images, args.clients, args.seconds, "batching off")
                 finally:

@@ -69,7 +69,7 @@ async def main(args: argparse.Namespace) -> None:
             Path(tmp), models_dir, max_batch_size=max(batches), text_model=args.text_model,
             image_feature_model=args.image_model, access_log="false", milvus_index_type="FLAT",
         )  # fmt: skip
-        await server.start()
+        await server.start(service=f"acg2vec.v1.{'Text' if args.kind == 'text' else 'Image'}FeatureService")
         options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
         try:
             async with grpc.aio.insecure_channel(server.target, options=options) as channel:

@@ -48,6 +48,32 @@ def short(frame: str) -> str:
     return re.sub(r"\((?:[^()]*/(?:site-packages|lib/python3\.\d+|services|models|clients/python/src)/)", "(", frame)
 
 
+OURS = re.compile(r"^(\S+) \(((?:acg2vec_server|acg2vec_models|acg2vec)/[^:]+)")
+
+
+def owners(stacks: list[tuple[list[str], int]]) -> Counter[str]:
+    """Samples by the innermost frame of our packages (function and file); stacks without one by thread role."""
+    counts: Counter[str] = Counter()
+    for frames, n in stacks:
+        owner = None
+        for frame in reversed(frames):
+            if m := OURS.match(short(frame)):
+                owner = f"{m.group(1)} ({m.group(2)})"
+                break
+        if owner is None:
+            joined = ";".join(frames)
+            if "_worker (concurrent/futures/thread.py" in joined:
+                owner = "(idle worker threads)"
+            elif "grpc" in joined:
+                owner = "(gRPC core, outside our code)"
+            elif "asyncio" in joined:
+                owner = "(asyncio loop, outside our code)"
+            else:
+                owner = "(other, outside our code)"
+        counts[owner] += n
+    return counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("profile", type=Path)
@@ -72,17 +98,20 @@ def main() -> None:
     cpu_file = args.profile.with_suffix(".cpu.tsv")
     if cpu_file.exists():  # written by _common.profiled: CPU seconds per native thread id over the same span
         rows = [line.split("\t") for line in cpu_file.read_text().splitlines() if line]
-        wall = float(dict(rows)["wall"])
+        wall = float(rows[0][1])
         names = {re.search(r"\((\d+)\)", t).group(1): t.split(": ", 1)[-1] for t in threads if "(" in t}  # type: ignore[union-attr]
         cpu: Counter[str] = Counter()
-        for tid, seconds in rows:
-            if tid != "wall":
-                cpu[re.sub(r"_\d+$", "_*", names.get(tid, "other threads"))] += float(seconds)
+        for tid, seconds, comm in rows[1:]:  # threads py-spy did not see (TensorFlow's pools): their OS names
+            name = names.get(tid) or f"{comm} (native)"
+            cpu[re.sub(r"[_-]\d+( \(native\))?$", r"_*\1", name)] += float(seconds)
         print(f"\nCPU by thread over {wall:.1f} s (cores busy: {sum(cpu.values()) / wall:.2f}):")
         for name, seconds in cpu.most_common(10):
             print(f"  {100 * seconds / max(sum(cpu.values()), 1e-9):5.1f} %  {seconds:7.1f} s  {name}")
     print("\nkinds of work (inclusive):")
     for name, n in groups.most_common():
+        print(f"  {100 * n / total:5.1f} %  {name}")
+    print("\nby the deepest frame of our code (exclusive; what it calls in libraries is included):")
+    for name, n in owners(stacks).most_common(args.top):
         print(f"  {100 * n / total:5.1f} %  {name}")
     print(f"\ntop {args.top} frames (self):")
     for name, n in leaves.most_common(args.top):

@@ -78,7 +78,7 @@ def intact(im: Image.Image, data: bytes) -> None:
     if im.format == "PNG":
         im.verify()
     elif im.format == "JPEG":
-        if data.find(b"\xff\xd9", _first_scan(data)) < 0:
+        if data.rfind(b"\xff\xd9") < _first_scan(data):  # from the end: usually found in its last 2 bytes
             raise OSError("image file is truncated (no end-of-image marker)")
     else:
         im.load()
