@@ -76,92 +76,103 @@ def rate(run: Callable[[], object], batch: int, min_images: int) -> float:
     return calls * batch / (time.perf_counter() - start)
 
 
+def runners(name: str, model, repository: Path, jpegs: list[bytes], folder: Path) -> dict[str, Callable]:
+    """runtime -> (batch -> a call running one batch), for every runtime that is installed."""
+    import tensorflow as tf
+
+    from acg2vec_models import repository as repo
+
+    out: dict[str, Callable] = {}
+    version = repo.latest_version(repository, name)
+    if version is not None and jpegs:
+        serve = tf.saved_model.load(str(repository / name / str(version))).signatures["serving_default"]
+
+        def saved_model(batch: int) -> Callable[[], object]:
+            data = tf.constant([jpegs[i % len(jpegs)] for i in range(batch)])
+            return lambda: serve(image_bytes=data)
+
+        out["TF SavedModel (JPEG bytes in)"] = saved_model
+    specs = [tf.TensorSpec((None, *i.shape[1:]), tf.float32, name=f"input{k}") for k, i in enumerate(model.inputs)]
+    fn = tf.function(lambda *xs: model(list(xs) if len(xs) > 1 else xs[0], training=False), input_signature=specs)
+
+    def tensorflow(batch: int) -> Callable[[], object]:
+        xs = [tf.constant(x) for x in inputs_for(model, batch)]
+        return lambda: fn(*xs)
+
+    out["TensorFlow"] = tensorflow
+    try:
+        import onnxruntime as ort
+        import tf2onnx
+    except ImportError as e:
+        print(f"skipping ONNX Runtime and OpenVINO for {name}: {e.name} is not installed")
+        return out
+    onnx_path = folder / f"{name}.onnx"
+    tf2onnx.convert.from_function(fn, input_signature=specs, opset=17, output_path=str(onnx_path))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = THREADS, 1
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+    def onnxruntime(batch: int) -> Callable[[], object]:
+        feed = onnx_feed(session.get_inputs(), inputs_for(model, batch))
+        return lambda: session.run(None, feed)
+
+    out["ONNX Runtime"] = onnxruntime
+    try:
+        import openvino as ov
+    except ImportError:
+        print("skipping OpenVINO: not installed")
+        return out
+    core = ov.Core()
+    config = {"INFERENCE_NUM_THREADS": THREADS, "PERFORMANCE_HINT": "LATENCY"}
+    compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
+
+    def openvino(batch: int) -> Callable[[], object]:
+        feed = onnx_feed(session.get_inputs(), inputs_for(model, batch))
+        request = compiled.create_infer_request()
+        return lambda: request.infer(feed)
+
+    out["OpenVINO"] = openvino
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repository", type=Path, default=ROOT / "var" / "models")
     parser.add_argument("--cache-dir", type=Path, default=ROOT / ".cache")
     parser.add_argument("--batches", default="1,8,32")
-    parser.add_argument("--min-images", type=int, default=64, help="images timed per batch size (after a warm-up)")
+    parser.add_argument("--min-images", type=int, default=32, help="images timed per round (after a warm-up)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over the runtimes, in rotating order")
     args = parser.parse_args()
 
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(THREADS)
-    from acg2vec_models import repository as repo
-
     batches = [int(b) for b in args.batches.split(",")]
     jpegs = [p.read_bytes() for p in sorted(SHARED_IMAGES.glob("*.jpg"))]
-    results = []
-
-    def report(model: str, runtime: str, batch: int, per_s: float) -> None:
-        row = {"model": model, "runtime": runtime, "batch": batch, "images/s": round(per_s, 1)}
-        results.append(row)
-        print(json.dumps(row), flush=True)
-
-    for name, model in networks(args.cache_dir).items():
-        version = repo.latest_version(args.repository, name)
-        if version is not None and jpegs:
-            serve = tf.saved_model.load(str(args.repository / name / str(version))).signatures["serving_default"]
+    table: dict[tuple[str, str], dict[int, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, model in networks(args.cache_dir).items():
+            runtimes = runners(name, model, args.repository, jpegs, Path(tmp))
             for batch in batches:
-                data = tf.constant([jpegs[i % len(jpegs)] for i in range(batch)])
-                per_s = rate(lambda d=data, f=serve: f(image_bytes=d), batch, args.min_images)
-                report(name, "TF SavedModel (JPEG bytes in)", batch, per_s)
-        specs = [tf.TensorSpec((None, *i.shape[1:]), tf.float32, name=f"input{k}") for k, i in enumerate(model.inputs)]
-        fn = tf.function(lambda *xs, m=model: m(list(xs) if len(xs) > 1 else xs[0], training=False),
-                         input_signature=specs)  # fmt: skip
-        for batch in batches:
-            xs = [tf.constant(x) for x in inputs_for(model, batch)]
-            report(name, "TensorFlow", batch, rate(lambda xs=xs, f=fn: f(*xs), batch, args.min_images))
-        try:
-            import onnxruntime as ort
-            import tf2onnx
-        except ImportError as e:
-            print(f"skipping ONNX Runtime and OpenVINO for {name}: {e.name} is not installed")
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            onnx_path = Path(tmp) / f"{name}.onnx"
-            tf2onnx.convert.from_function(fn, input_signature=specs, opset=17, output_path=str(onnx_path))
-            options = ort.SessionOptions()
-            options.intra_op_num_threads, options.inter_op_num_threads = THREADS, 1
-            session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-            for batch in batches:
-                feed = onnx_feed(session.get_inputs(), inputs_for(model, batch))
-                per_s = rate(lambda f=feed, s=session: s.run(None, f), batch, args.min_images)
-                report(name, "ONNX Runtime", batch, per_s)
-            try:
-                import openvino as ov
-            except ImportError:
-                print("skipping OpenVINO: not installed")
-                continue
-            core = ov.Core()
-            compiled = core.compile_model(
-                core.read_model(str(onnx_path)),
-                "CPU",
-                {"INFERENCE_NUM_THREADS": THREADS, "PERFORMANCE_HINT": "LATENCY"},
-            )
-            for batch in batches:
-                xs = onnx_feed(session.get_inputs(), inputs_for(model, batch))
-                request = compiled.create_infer_request()
-                report(name, "OpenVINO", batch, rate(lambda r=request, x=xs: r.infer(x), batch, args.min_images))
+                calls = {runtime: make(batch) for runtime, make in runtimes.items()}
+                rates: dict[str, list[float]] = {runtime: [] for runtime in calls}
+                order = list(calls)
+                for r in range(args.rounds):  # every runtime once per round, the order rotated: drift hits all alike
+                    for runtime in order[r % len(order) :] + order[: r % len(order)]:
+                        rates[runtime].append(rate(calls[runtime], batch, args.min_images))
+                for runtime, values in rates.items():
+                    table.setdefault((name, runtime), {})[batch] = float(np.median(values))
+                    row = {
+                        "model": name,
+                        "runtime": runtime,
+                        "batch": batch,
+                        "images/s (median)": round(np.median(values), 1),
+                    }
+                    print(json.dumps(row | {"rounds": [round(v, 1) for v in values]}), flush=True)
     print("\n| model | runtime | " + " | ".join(f"batch {b}" for b in batches) + " |")
     print("| --- | --- |" + " ---: |" * len(batches))
-    keys = sorted(
-        {(r["model"], r["runtime"]) for r in results},
-        key=lambda k: [(r["model"], r["runtime"]) for r in results].index(k),
-    )
-    for model_name, runtime in keys:
-        cells = [
-            next(
-                (
-                    f"{r['images/s']}"
-                    for r in results
-                    if (r["model"], r["runtime"], r["batch"]) == (model_name, runtime, b)
-                ),
-                "",
-            )
-            for b in batches
-        ]
-        print(f"| {model_name} | {runtime} | " + " | ".join(cells) + " |")
+    for (name, runtime), by_batch in table.items():
+        print(f"| {name} | {runtime} | " + " | ".join(f"{by_batch[b]:.1f}" for b in batches) + " |")
 
 
 if __name__ == "__main__":
