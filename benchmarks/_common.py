@@ -11,10 +11,13 @@ made where they are used: a spawned loader process of search_scale.py imports th
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -193,3 +196,84 @@ async def closed_loop(target: str, clients: int, seconds: float, call: Call, max
         for channel in channels:
             await channel.close()
     return stats
+
+
+# ------------------------------------------------------------------------------------------------ ratios in one run
+@dataclass
+class Ratio:
+    """A service rate over its bare engine's, measured in alternating rounds of one run: on a shared machine the
+    load drifts, so each bare round sits beside a service round, and the order flips every round (ABBA)."""
+
+    name: str
+    goal: float
+    bare: list[float] = field(default_factory=list)
+    service: list[float] = field(default_factory=list)
+
+    @property
+    def value(self) -> float:
+        """Mean service rate / mean bare rate over the rounds."""
+        return float(np.mean(self.service) / np.mean(self.bare)) if self.bare and self.service else float("nan")
+
+    def line(self, unit: str) -> str:
+        rounds = ", ".join(f"{s / b:.2f}" for b, s in zip(self.bare, self.service, strict=False))
+        verdict = "met" if self.value >= self.goal else "MISSED"
+        return (
+            f"{self.name}: service {np.mean(self.service):.1f} vs bare {np.mean(self.bare):.1f} {unit} = "
+            f"{self.value:.3f} (goal {self.goal}: {verdict}; rounds {rounds})"
+        )
+
+
+async def interleaved(
+    ratio: Ratio, rounds: int, bare: Callable[[], Awaitable[float]], service: Callable[[], Awaitable[float]]
+) -> Ratio:
+    """`rounds` pairs of (bare, service) rates, bare first in even rounds and service first in odd ones."""
+    for r in range(rounds):
+        pair = (bare, service) if r % 2 == 0 else (service, bare)
+        rates = {}
+        for fn in pair:
+            rates[fn] = await fn()
+        ratio.bare.append(rates[bare])
+        ratio.service.append(rates[service])
+        print(f"  {ratio.name}, round {r + 1}: bare {rates[bare]:.1f}, service {rates[service]:.1f}", flush=True)
+    return ratio
+
+
+# ------------------------------------------------------------------------------------------------ profiles
+@contextlib.contextmanager
+def profiled(pid: int, out: Path | None, native: bool = False) -> Iterator[None]:
+    """py-spy samples process `pid` while the block runs and writes collapsed stacks (one line per stack: frames
+    joined by `;`, then the sample count) to `out`; `benchmarks/profile_summary.py` turns them into top frames.
+    Nothing happens when out is None. py-spy is a dev dependency (`pip install py-spy`)."""
+    if out is None:
+        yield
+        return
+    argv = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--format", "raw"]
+    argv += ["--output", str(out), "--rate", "100", "--threads", *(["--native"] if native else [])]
+    spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    before, started = thread_cpu(pid), time.monotonic()
+    try:
+        yield
+    finally:
+        after, wall = thread_cpu(pid), time.monotonic() - started
+        spy.send_signal(signal.SIGINT)
+        try:
+            spy.wait(120)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+        rows = [f"{tid}\t{after[tid][0] - before.get(tid, (0.0, ''))[0]:.3f}\t{after[tid][1]}" for tid in after]
+        out.with_suffix(".cpu.tsv").write_text(f"wall\t{wall:.3f}\n" + "\n".join(rows) + "\n")
+        print(f"profile of pid {pid}: {out} (CPU seconds per thread: {out.with_suffix('.cpu.tsv')})", flush=True)
+
+
+def thread_cpu(pid: int) -> dict[int, tuple[float, str]]:
+    """(CPU seconds (user + system), OS thread name) of each thread of a process, by native thread id (/proc)."""
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            comm, fields = (task / "stat").read_text().split(" (", 1)[1].rsplit(")", 1)
+            values = fields.split()
+            cpu[int(task.name)] = ((int(values[11]) + int(values[12])) / tick, comm)
+    return cpu

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from acg2vec_models import steps
+
 
 def build_default_models(
     root: Path, *, force: bool = False, limit: int | None = None, cache_dir: Path | None = None
@@ -19,6 +21,7 @@ def build_default_models(
     from acg2vec_models.image.defaults import build_default_image_models
     from acg2vec_models.text.defaults import build_default_text_model
 
+    steps.reset()  # each step below records its wall time (acg2vec_models.steps); the CLI prints them
     paths = build_default_image_models(root, force=force, limit=limit, cache_dir=cache_dir)
     paths.update(build_default_text_model(root, force=force, cache_dir=cache_dir / "text" if cache_dir else None))
     return paths

@@ -28,6 +28,7 @@ from acg2vec_models.datasets import openclipart
 from acg2vec_models.image.descriptor import DescriptorSpec
 from acg2vec_models.image.heads import ProjectionSpec, TagHeadSpec
 from acg2vec_models.metrics import multi_hot
+from acg2vec_models.steps import step
 
 NAMES = ("tagger", "illust2vec")
 MARKER = ".image-defaults.json"
@@ -229,15 +230,18 @@ def train(recipe: Recipe, cache_dir: Path, dataset: Dataset | None = None) -> Tr
     from acg2vec_models.image.descriptor import feature_model
     from acg2vec_models.image.heads import train_projection, train_tag_head
 
-    dataset = dataset or load_dataset(cache_dir, recipe)
-    _log(f"{len(dataset.train)} train images, {len(dataset.vocabulary)} tags; fetching nsfwjs {nsfwjs.VERSION}")
-    nsfw = nsfwjs.load_model("mobilenet_v2", cache_dir / "packages" / "npm")
-    lite0 = backbone(recipe)
-    clean, view = train_features(feature_model(lite0, recipe.descriptor), dataset.train, recipe, cache_dir)
+    with step("image data (openclipart, nsfwjs, Lite0 weights)"):
+        dataset = dataset or load_dataset(cache_dir, recipe)
+        _log(f"{len(dataset.train)} train images, {len(dataset.vocabulary)} tags; fetching nsfwjs {nsfwjs.VERSION}")
+        nsfw = nsfwjs.load_model("mobilenet_v2", cache_dir / "packages" / "npm")
+        lite0 = backbone(recipe)
+    with step("image feature extraction"):
+        clean, view = train_features(feature_model(lite0, recipe.descriptor), dataset.train, recipe, cache_dir)
     _log("training the retrieval projection and the tag head")
-    anchors = np.tile(clean["descriptor"], (recipe.views_per_image, 1))
-    projection = train_projection(anchors, view["descriptor"], recipe.projection)
-    tag_head = train_tag_head(clean["pooled"], multi_hot(dataset.train, dataset.vocabulary), recipe.tag_head)
+    with step("image heads (projection, tag head)"):
+        anchors = np.tile(clean["descriptor"], (recipe.views_per_image, 1))
+        projection = train_projection(anchors, view["descriptor"], recipe.projection)
+        tag_head = train_tag_head(clean["pooled"], multi_hot(dataset.train, dataset.vocabulary), recipe.tag_head)
     return Trained(lite0, nsfw, projection, tag_head, dataset.vocabulary)
 
 
@@ -302,7 +306,8 @@ def build_default_image_models(
     _log(f"building the default image models (cache {cache_dir})")
     trained = train(recipe, cache_dir)
     _log("exporting SavedModels")
-    paths = export(trained, recipe, root)
+    with step("image export (SavedModels)"):
+        paths = export(trained, recipe, root)
     marker = {"fingerprint": fingerprint(recipe), "versions": {name: int(p.name) for name, p in paths.items()}}
     (root / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     return paths

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from acg2vec_models import repository as repo
+from acg2vec_models import steps
 from acg2vec_models.datasets import bangumi
 from acg2vec_models.progress import ON_TERMINAL_ONLY, on_terminal
 from acg2vec_models.text.train import TRAINING_CODE_VERSION, Recipe
@@ -119,10 +120,14 @@ def train_default(
     info_file = folder / "acgvoc2vec-training.json"
     if (folder / COMPLETE).exists() and (folder / COMPLETE).read_text() == fp:
         return Trained(folder, json.loads(info_file.read_text()))
-    dataset = pairs_dataset(cache)
-    base = base_model(cache)
+    with steps.step("text data and base model (bangumi-data, USE)"):
+        dataset = pairs_dataset(cache)
+        base = base_model(cache)
     started = time.monotonic()
-    with tqdm(desc="training acgvoc2vec", unit="step", dynamic_ncols=True, disable=ON_TERMINAL_ONLY) as bar:
+    with (
+        steps.step("text training"),
+        tqdm(desc="training acgvoc2vec", unit="step", dynamic_ncols=True, disable=ON_TERMINAL_ONLY) as bar,
+    ):
 
         def progress(step: int, total: int, loss: float) -> None:
             bar.total = total
@@ -138,7 +143,8 @@ def train_default(
         "train_seconds": time.monotonic() - started,
     }
     if evaluate:
-        info["retrieval"] = [asdict(r) for r in evaluate_folder(folder, dataset.held_out())]
+        with steps.step("text evaluation (held-out retrieval)"):
+            info["retrieval"] = [asdict(r) for r in evaluate_folder(folder, dataset.held_out())]
     info_file.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
     (folder / "ATTRIBUTION.txt").write_text(bangumi.ATTRIBUTION)
     (folder / COMPLETE).write_text(fp)
@@ -176,5 +182,6 @@ def build_default_text_model(root: Path, *, force: bool = False, cache_dir: Path
         MARKER: json.dumps(trained.info, indent=2, ensure_ascii=False) + "\n",
         "ATTRIBUTION.txt": bangumi.ATTRIBUTION,
     }
-    imported = import_sentence_transformers(trained.folder, root, NAME, extra_files=extra)
+    with steps.step("text export (SavedModel)"):
+        imported = import_sentence_transformers(trained.folder, root, NAME, extra_files=extra)
     return {NAME: imported.path}

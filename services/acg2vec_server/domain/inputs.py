@@ -49,13 +49,10 @@ def check_image(data: bytes, limits: Limits, field: str = "image") -> bytes:
                 )
             if limits.downscale_above_pixels and width * height > limits.downscale_above_pixels:
                 return downscaled(im, limits.downscale_above_pixels)
-            if im.format == "JPEG" and im.mode in ("RGB", "L"):
-                # JPEG at 1/8 scale: every byte of the stream is still decoded (truncation and corruption
-                # still fail here) for half the CPU; the graph decodes the original bytes again anyway
-                im.draft(im.mode, (max(1, width // 8), max(1, height // 8)))
-            im.load()  # a full decode: truncated or corrupt data fails here, not in the model
             if im.format in GRAPH_FORMATS and im.mode not in ("CMYK", "I", "I;16", "F"):
+                intact(im, data)
                 return data
+            im.load()  # a full decode: truncated or corrupt data fails here, not in the model
             out = io.BytesIO()
             im.convert("RGBA" if "A" in im.getbands() else "RGB").save(out, format="PNG")
             return out.getvalue()
@@ -69,6 +66,41 @@ def check_image(data: bytes, limits: Limits, field: str = "image") -> bytes:
         raise InvalidInput(
             f"{field} is corrupt or truncated ({e}); {FORMATS_HINT}", [FieldViolation(field, "corrupt image")]
         ) from None
+
+
+def intact(im: Image.Image, data: bytes) -> None:
+    """Raises OSError or SyntaxError when an image the graph will decode is visibly damaged, without decoding it:
+    the graph decodes it anyway, and a decode here cost as much CPU as the model (issue 16, docs/performance.md).
+    PNG: every chunk's CRC and the closing IEND (truncation, changed bytes). JPEG: Pillow has read the markers up
+    to the first scan; the end-of-image marker must follow it (truncation). GIF, BMP: decoded (rare, cheap to
+    keep exact). Damage these checks miss (a consistent but broken deflate or entropy-coded stream) fails in the
+    graph's decoder, which answers INVALID_ARGUMENT for that image too (domain/models.py)."""
+    if im.format == "PNG":
+        im.verify()
+    elif im.format == "JPEG":
+        if data.rfind(b"\xff\xd9") < _first_scan(data):  # from the end: usually found in its last 2 bytes
+            raise OSError("image file is truncated (no end-of-image marker)")
+    else:
+        im.load()
+
+
+def _first_scan(data: bytes) -> int:
+    """Offset of the first start-of-scan marker's segment in a JPEG (its header segments walked by length)."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            raise SyntaxError("broken JPEG marker structure")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xDA:
+            return pos
+        if marker in (0x01, *range(0xD0, 0xD8)):  # standalone markers carry no length
+            pos += 2
+            continue
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    raise OSError("image file is truncated (no scan)")
 
 
 def downscaled(im: Image.Image, max_pixels: int) -> bytes:
