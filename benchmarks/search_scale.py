@@ -50,7 +50,10 @@ async def load(args: argparse.Namespace, data: Path) -> None:
         str(data / "milvus.db"), "acg2vec_illustrations", index_type=args.index, hnsw_m=args.m,
         hnsw_ef_construction=args.ef_construction,
     )  # fmt: skip
-    await vectors.ensure_collection(args.image_dim, args.text_dim)
+    image_model, text_model = ModelRef("illust2vec", 1), ModelRef("acgvoc2vec", 1)
+    await vectors.bind(image_model, args.image_dim, text_model, args.text_dim)
+    await vectors.set_live("image", image_model)
+    await vectors.set_live("text", text_model)
     start = time.perf_counter()
     rng = np.random.default_rng(7)
     tag_pool = [f"tag_{i}" for i in range(200)]
@@ -66,8 +69,8 @@ async def load(args: argparse.Namespace, data: Path) -> None:
                 content_sha256="0" * 64,
                 image_vector=image[j],
                 text_vector=text[j],
-                image_model=ModelRef("illust2vec", 1),
-                text_model=ModelRef("acgvoc2vec", 1),
+                image_model=image_model,
+                text_model=text_model,
                 create_time=0.0,
                 update_time=0.0,
             )

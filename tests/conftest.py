@@ -1,6 +1,10 @@
-"""Fixtures: real Redis-protocol server (Tendis commands disabled), real Milvus Lite, real SavedModels,
-a real gRPC server on a local port, called through the generated stubs; and a secured one (TLS with a CA made in
-the test, token auth with scopes, a plaintext health-only port)."""
+"""Fixtures: real Redis-protocol server (Tendis commands disabled), real Milvus Lite and a real Milvus server (the
+standalone server of the PyPI package `milvus`, started once per session), real SavedModels, a real gRPC server on a
+local port, called through the generated stubs; and a secured one (TLS with a CA made in the test, token auth with
+scopes, a plaintext health-only port).
+
+Tests where the vector engine matters take `engine_app` / `engine_stubs` (or `milvus_uri`): they run once on Milvus
+Lite and once on the Milvus server; the others use `app` / `stubs` (Milvus Lite)."""
 
 from __future__ import annotations
 
@@ -16,8 +20,10 @@ import pytest_asyncio
 
 from acg2vec_server.app import Application
 from acg2vec_server.backends.embedded_redis import EmbeddedRedis
+from acg2vec_server.backends.milvus_standalone import MilvusStandalone, StandaloneUnavailable
 from acg2vec_server.transport.auth import hash_token, make_token
 from acg2vec_testing.model_repository import dev_model_repository
+from acg2vec_testing.paths import ROOT
 from tests.support.pki import Pki
 from tests.support.servers import SecureServer, Stubs, make_settings
 
@@ -69,6 +75,68 @@ async def stubs(app: Application) -> AsyncIterator[Stubs]:
         options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)],
     ) as channel:
         yield Stubs(channel)
+
+
+#: The vector engines the engine-dependent tests run on.
+ENGINES = ["lite", "standalone"]
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusStandalone]:
+    """One Milvus 2.3 standalone server for the whole session (the binary is unpacked once under .cache/)."""
+    server = MilvusStandalone(tmp_path_factory.mktemp("milvus-standalone"), bin_dir=ROOT / ".cache" / "milvus-bin")
+    try:
+        server.start()
+    except StandaloneUnavailable as e:
+        pytest.skip(f"no Milvus server: {e} (scripts/setup.sh installs it)")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session", params=ENGINES)
+def milvus_uri(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A Milvus Lite file (a fresh one per call site's session) or the session's Milvus server."""
+    if request.param == "lite":
+        return str(tmp_path_factory.mktemp("lite") / "milvus.db")
+    return request.getfixturevalue("milvus_server").uri
+
+
+@pytest_asyncio.fixture(scope="session")
+async def standalone_app(
+    tmp_path_factory: pytest.TempPathFactory, model_repo: Path, redis_server: EmbeddedRedis,
+    milvus_server: MilvusStandalone,
+) -> AsyncIterator[Application]:  # fmt: skip
+    """The same server as `app`, on the Milvus server (its own metadata prefix and collections)."""
+    settings = make_settings(
+        tmp_path_factory.mktemp("data-standalone"), model_repo, redis_server.url, milvus_uri=milvus_server.uri,
+        redis_key_prefix="acg2vec-standalone:v1", milvus_collection="acg2vec_standalone",
+    )  # fmt: skip
+    application = Application(settings)
+    await application.start()
+    yield application
+    await application.stop(grace_s=0)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def standalone_stubs(standalone_app: Application) -> AsyncIterator[Stubs]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{standalone_app.port}") as channel:
+        yield Stubs(channel)
+
+
+@pytest.fixture(scope="session", params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def engine_app(request: pytest.FixtureRequest, engine: str) -> Application:
+    """`app` on Milvus Lite, then the same on the Milvus server."""
+    return request.getfixturevalue("app" if engine == "lite" else "standalone_app")
+
+
+@pytest.fixture
+def engine_stubs(request: pytest.FixtureRequest, engine: str) -> Stubs:
+    return request.getfixturevalue("stubs" if engine == "lite" else "standalone_stubs")
 
 
 @pytest.fixture(scope="session")

@@ -88,19 +88,27 @@ async def test_metadata_roundtrip_and_restart_keeps_data(tmp_path):
         server.stop()
 
 
-async def test_milvus_lite_store(tmp_path):
-    store = MilvusVectorStore(str(tmp_path / "m.db"), "t", index_type="HNSW")
+IMAGE, TEXT = ModelRef("img", 1), ModelRef("txt-model", 1)
+
+
+def rows_of(n: int, image: ModelRef = IMAGE, text: ModelRef = TEXT, seed: int = 1) -> list[VectorRow]:
+    rng = np.random.default_rng(seed)
+    return [
+        VectorRow(f"id{i}", rng.random(8, dtype=np.float32), rng.random(4, dtype=np.float32),
+                  ["general", "explicit"][i % 2], ["cat", 'quote"tag'] if i % 3 == 0 else ["dog"],
+                  {"src": f"s{i % 2}"}, image, text)
+        for i in range(n)
+    ]  # fmt: skip
+
+
+async def test_milvus_store(milvus_uri: str):
+    """The store's contract on each engine: rows, filters, paging, vectors by id, delete, dimension checks."""
+    store = MilvusVectorStore(milvus_uri, "contract", index_type="HNSW")
     try:
         with pytest.raises(FailedPrecondition):
             await store.upsert([])
-        await store.ensure_collection(8, 4)
-        rng = np.random.default_rng(1)
-        rows = [
-            VectorRow(f"id{i}", rng.random(8, dtype=np.float32), rng.random(4, dtype=np.float32),
-                      ["general", "explicit"][i % 2], ["cat", 'quote"tag'] if i % 3 == 0 else ["dog"],
-                      {"src": f"s{i % 2}"})
-            for i in range(30)
-        ]  # fmt: skip
+        await store.bind(IMAGE, 8, TEXT, 4)
+        rows = rows_of(30)
         await store.upsert(rows)
         assert await store.count() == 30
         hits = await store.search("image", rows[4].image_vector, 5, 0, SearchFilter())
@@ -118,8 +126,48 @@ async def test_milvus_lite_store(tmp_path):
         np.testing.assert_allclose(vectors["id2"], rows[2].text_vector, rtol=1e-6)
         await store.delete(["id4", "missing"])
         assert await store.count() == 29
-        with pytest.raises(FailedPrecondition, match="dimensions"):
-            await store.ensure_collection(16, 4)
+        assert not await store.get_vectors(["id4"], "image")
+        with pytest.raises(FailedPrecondition, match="dimension"):
+            await store.bind(IMAGE, 16, TEXT, 4)
+    finally:
+        await store.close()
+
+
+async def test_milvus_versions_never_share_a_collection(milvus_uri: str):
+    """Rows go to the collections of the versions that embedded them; the alias names the live one and moves in one
+    step; a bound store reads only its version's collection; the live collection cannot be dropped."""
+    store = MilvusVectorStore(milvus_uri, "versions", index_type="FLAT")
+    v2 = ModelRef(IMAGE.name, 2)
+    try:
+        assert await store.live("image", IMAGE.name) is None
+        await store.bind(IMAGE, 8, TEXT, 4)
+        await store.set_live("image", IMAGE)
+        assert await store.live("image", IMAGE.name) == IMAGE
+        await store.upsert(rows_of(6))
+        newer = rows_of(4, image=v2, seed=2)  # version 2 of the image model: same ids, other vectors
+        await store.upsert(newer)  # its collection does not exist yet: nothing stored, nothing mixed
+        assert await store.ids("image", v2) == set()
+
+        other = MilvusVectorStore(milvus_uri, "versions", index_type="FLAT")  # e.g. a server re-indexing
+        try:
+            await other.bind(v2, 8, TEXT, 4)
+            await other.upsert(newer)
+            assert await store.ids("image", v2) == {f"id{i}" for i in range(4)}
+            assert await store.count() == 6  # the live collection kept its version-1 rows
+            hit = (await store.search("image", newer[0].image_vector, 1, 0, SearchFilter()))[0]
+            assert hit.score < 0.9999  # version 2's vector is not in the collection version 1 reads
+            np.testing.assert_allclose((await other.get_vectors(["id0"], "image"))["id0"], newer[0].image_vector)
+
+            infos = {(c.space, c.model.version): c for c in await store.collections()}
+            assert infos["image", 1].live and not infos["image", 2].live and infos["image", 2].rows == 4
+            await store.set_live("image", v2)
+            assert await store.live("image", IMAGE.name) == v2
+            with pytest.raises(FailedPrecondition, match="live"):
+                await store.drop("image", v2)
+            await store.drop("image", IMAGE)
+            assert ("image", 1) not in {(c.space, c.model.version) for c in await store.collections()}
+        finally:
+            await other.close()
     finally:
         await store.close()
 

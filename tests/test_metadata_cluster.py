@@ -82,15 +82,17 @@ async def test_metadata_store_contract(store: RedisMetadataStore, redis_cluster:
     assert await store.get("ill/0") is None
 
 
-async def test_index_search_repair_delete_on_the_cluster(app: Application, redis_cluster: RedisCluster, tmp_path):
-    """The write protocol with real models, the cluster and Milvus Lite: a failed vector write is finished by
-    repair, search finds what was indexed, delete removes both."""
+async def test_index_search_repair_delete_on_the_cluster(
+    app: Application, redis_cluster: RedisCluster, milvus_uri: str
+) -> None:
+    """The write protocol with real models, the cluster and each vector engine (Milvus Lite, the Milvus server): a
+    failed vector write is finished by repair, search finds what was indexed, delete removes both."""
     from acg2vec_server.domain.illustrations import Illustrations
 
     assert app.domain is not None
     domain = app.domain
     meta = RedisMetadataStore(redis_cluster.url, prefix="e2e:v1", cluster=True)
-    vectors = MilvusVectorStore(str(tmp_path / "m.db"), "cluster_test", index_type="FLAT")
+    vectors = MilvusVectorStore(milvus_uri, "cluster_test", index_type="FLAT")
     ill = Illustrations(domain.models, domain.tagger, meta, vectors, domain.limits)
     try:
         await ill.ensure_ready()
@@ -119,7 +121,9 @@ async def test_index_search_repair_delete_on_the_cluster(app: Application, redis
         assert [h.id for h in odd.hits] == ["c1"]
         # Milvus loses a row (restored from an older backup) and keeps one whose record is gone: the full pass
         await vectors.delete(["c2"])
-        await vectors.upsert([VectorRow("orphan", *(np.ones(d, np.float32) for d in vectors.dims), "general", [], {})])
+        ones = (np.ones(d, np.float32) for d in vectors.dims)
+        models = vectors.bound["image"], vectors.bound["text"]
+        await vectors.upsert([VectorRow("orphan", *ones, "general", [], {}, *models)])
         assert await ill.reconcile() == (1, 1)
         assert await vectors.ids() == await meta.ids() == {f"c{i}" for i in range(6)} | {"c-crash"}
         for id in [f"c{i}" for i in range(6)] + ["c-crash"]:

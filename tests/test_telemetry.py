@@ -301,7 +301,7 @@ def test_backend_call_metrics_by_backend_and_operation(live: Live):
     assert live.value("acg2vec_backend_call_duration_seconds_count", backend="milvus", operation="search") == 1
     assert live.value("acg2vec_backend_errors_total", backend="milvus", operation="search", error="unavailable") == 0
     # the refused empty text never reached a model; nothing failed in a backend
-    assert not [v for labels, v in live.samples("acg2vec_backend_errors_total") if v]
+    assert not [(labels, v) for labels, v in live.samples("acg2vec_backend_errors_total") if v]
 
 
 def test_spans_are_exported_over_otlp_with_the_callers_trace(live: Live):

@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2
 
 from acg2vec_server.backends.embedded_redis import EmbeddedRedis
 from acg2vec_server.backends.milvus import MilvusVectorStore
+from acg2vec_server.backends.milvus_standalone import MilvusStandalone
 from acg2vec_server.backends.redis import RedisMetadataStore
 from acg2vec_server.domain.batching import Batcher, BatchPolicy
 from acg2vec_server.domain.illustrations import Illustrations
@@ -62,7 +63,9 @@ def build_domain(s: Settings, inference: InferenceBackend, meta: MetadataStore, 
     )  # fmt: skip
     tag_thresholds = read_tag_thresholds(s.tag_thresholds_file) if s.tag_thresholds_file else {}
     tagger = Tagger(models, s.default_tag_threshold, s.default_tag_top_k, tag_thresholds)
-    illustrations = Illustrations(models, tagger, meta, vectors, limits, lease_ttl_s=s.lease_ttl_s)
+    illustrations = Illustrations(
+        models, tagger, meta, vectors, limits, lease_ttl_s=s.lease_ttl_s, serve_next=s.milvus_collections == "next"
+    )
     return Domain(limits, models, tagger, illustrations)
 
 
@@ -75,6 +78,7 @@ class Core:
     meta: MetadataStore
     vectors: VectorStore
     embedded_redis: EmbeddedRedis | None = None
+    milvus_standalone: MilvusStandalone | None = None
 
     @classmethod
     async def open(cls, s: Settings) -> Core:
@@ -84,14 +88,24 @@ class Core:
             embedded = EmbeddedRedis(s.data_dir / "redis", s.embedded_redis_port, s.tendis_compat)
             await asyncio.to_thread(embedded.start)
             redis_url = embedded.url
+        standalone, milvus_uri = None, s.milvus_uri
+        if s.milvus_standalone:
+            standalone = MilvusStandalone(s.data_dir / "milvus-standalone", s.milvus_standalone_port)
+            try:
+                await asyncio.to_thread(standalone.start)
+            except BaseException:
+                if embedded is not None:
+                    await asyncio.to_thread(embedded.stop)
+                raise
+            milvus_uri = standalone.uri
         inference = make_inference(s)
         meta = RedisMetadataStore(redis_url, s.redis_key_prefix, s.redis_timeout_s, cluster=s.redis_cluster)
         vectors = MilvusVectorStore(
-            s.milvus_uri, s.milvus_collection, s.milvus_token.get_secret_value(), s.milvus_index_type,
+            milvus_uri, s.milvus_collection, s.milvus_token.get_secret_value(), s.milvus_index_type,
             s.hnsw_m, s.hnsw_ef_construction, s.hnsw_ef_search, s.milvus_timeout_s,
-            ivf_nlist=s.ivf_nlist, ivf_nprobe=s.ivf_nprobe,
+            ivf_nlist=s.ivf_nlist, ivf_nprobe=s.ivf_nprobe, concurrency=s.milvus_concurrency,
         )  # fmt: skip
-        return cls(build_domain(s, inference, meta, vectors), inference, meta, vectors, embedded)
+        return cls(build_domain(s, inference, meta, vectors), inference, meta, vectors, embedded, standalone)
 
     async def close(self) -> None:
         for close in (self.domain.models.close, self.inference.close, self.meta.close, self.vectors.close):
@@ -101,6 +115,8 @@ class Core:
                 log.exception("error while closing a backend")
         if self.embedded_redis is not None:
             await asyncio.to_thread(self.embedded_redis.stop)
+        if self.milvus_standalone is not None:
+            await asyncio.to_thread(self.milvus_standalone.stop)
 
 
 @dataclass

@@ -61,22 +61,26 @@ class HealthMonitor:
     async def probe_once(self, model_timeout_s: float | None = None) -> dict[str, bool]:
         """One round of probes; model_timeout_s allows for loading models (at start-up)."""
         m = self.domain.models
+        tagger, image, text = m.tagger, m.image, m.text  # as probed (ensure_ready may pin other versions)
         ok = {
             "inference": await self._check("inference", self.inference.ping()),
             "metadata": await self._check("metadata", self.meta.ping()),
             "vectors": await self._check("vectors", self.vectors.ping()),
         }
-        for model in (m.tagger, m.image, m.text):
+        for model in (tagger, image, text):
             ok[model] = ok["inference"] and await self._check(f"model {model}", m.describe(model), model_timeout_s)
-        if ok["vectors"] and ok[m.image] and ok[m.text]:
-            ok["collection"] = await self._check("collection", self.domain.illustrations.ensure_ready())
+        if ok["vectors"] and ok[image] and ok[text]:
+            # creating and loading collections takes a while: allowed the model timeout at start-up
+            ok["collection"] = await self._check(
+                "collection", self.domain.illustrations.ensure_ready(), model_timeout_s
+            )
         else:
             ok["collection"] = False
         self.last = ok
         serving = {
-            TAGGING: ok[m.tagger],
-            IMAGE_FEATURE: ok[m.image],
-            TEXT_FEATURE: ok[m.text],
+            TAGGING: ok[tagger],
+            IMAGE_FEATURE: ok[image],
+            TEXT_FEATURE: ok[text],
             SEARCH: ok["metadata"] and ok["collection"],
         }
         for service, up in serving.items():

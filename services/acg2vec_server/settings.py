@@ -122,10 +122,22 @@ class Settings(BaseSettings):
     # --- vectors (Milvus)
     milvus_uri: str = Field(
         "",
-        description="A file path means Milvus Lite; http://host:19530 a Milvus server. Default <data_dir>/milvus.db.",
+        description="A file path means Milvus Lite; http://host:19530 a Milvus server. Default <data_dir>/milvus.db "
+        "(Milvus Lite), or the standalone server with --milvus-standalone.",
     )
+    milvus_standalone: bool = Field(
+        False,
+        description="Start the Milvus standalone server (PyPI package milvus, `pip install 'acg2vec[standalone]'`) "
+        "with its data under <data_dir>/milvus-standalone, use it, and stop it on exit: HNSW search past ~100k "
+        "illustrations on one machine (Milvus Lite scans). Not with milvus_uri.",
+    )
+    milvus_standalone_port: int = Field(0, description="Port of the started standalone server (0: a free one).")
     milvus_token: SecretStr = Field(SecretStr(""), description="Milvus token or user:password (env only).")
-    milvus_collection: str = "acg2vec_illustrations"
+    milvus_collection: str = Field(
+        "acg2vec_illustrations",
+        description="Base name of the vector collections: <base>_<space>_<model>_v<version>, reached through the "
+        "aliases <base>_image and <base>_text (the live version of each space).",
+    )
     milvus_index_type: IndexType = "HNSW"
     hnsw_m: int = 16
     hnsw_ef_construction: int = 200
@@ -133,6 +145,15 @@ class Settings(BaseSettings):
     ivf_nlist: int = Field(1024, description="Clusters of an IVF_FLAT / IVF_SQ8 index (about 4*sqrt(rows)).")
     ivf_nprobe: int = Field(32, description="Clusters an IVF search visits (recall vs speed).")
     milvus_timeout_s: float = 10.0
+    milvus_concurrency: int = Field(
+        8, ge=1, description="Milvus calls in flight at once (a server or cluster; Milvus Lite takes one at a time)."
+    )
+    milvus_collections: Literal["live", "next"] = Field(
+        "live",
+        description="live: serve the collections the aliases name, with the model versions that filled them. next: "
+        "serve (and index into) the newest installed model versions' collections without touching the aliases, to "
+        "re-index for an upgrade while the live ones keep serving; `acg2vec collections switch` makes them live.",
+    )
 
     # --- metadata (Tendis / Redis protocol)
     redis_url: str = Field("", description="redis://host:port/0 of Tendis or Redis; empty starts an embedded server.")
@@ -202,7 +223,9 @@ class Settings(BaseSettings):
     def _resolve_paths(self) -> Settings:
         if self.model_repository is None:
             self.model_repository = self.data_dir / "models"
-        if not self.milvus_uri:
+        if self.milvus_standalone and self.milvus_uri:
+            raise ValueError("milvus_standalone starts its own Milvus server: unset milvus_uri, or turn it off")
+        if not self.milvus_uri and not self.milvus_standalone:
             self.milvus_uri = str(self.data_dir / "milvus.db")
         if self.redis_cluster and not self.redis_url:
             raise ValueError("redis_cluster needs redis_url (a cluster node); the embedded server is not a cluster")

@@ -1,6 +1,7 @@
 """In-process inference: the repository's SavedModels loaded with TensorFlow (the embedded default).
 
-Like TF-Serving it serves the newest version of each model and picks up a newer one when it appears.
+Like TF-Serving it serves the newest version of each model and picks up a newer one when it appears; a model named
+`name@version` is that version only (the server pins the embedding models to its live vector collections).
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ import numpy as np
 from acg2vec_models import repository
 from acg2vec_server.backends.signatures import read_signature_defs, signature_infos
 from acg2vec_server.domain.errors import BackendUnavailable
-from acg2vec_server.domain.ports import InferenceBackend, InferenceInputError, ModelDescription, ModelNotInstalled
+from acg2vec_server.domain.ports import (
+    InferenceBackend,
+    InferenceInputError,
+    ModelDescription,
+    ModelNotInstalled,
+    split_model,
+)
 from acg2vec_server.telemetry.backend_calls import instrumented
 
 log = logging.getLogger(__name__)
@@ -49,30 +56,48 @@ class InProcessBackend:
         self._models: dict[str, _Loaded] = {}
         self._lock = threading.Lock()
 
+    def _resolve(self, model: str) -> tuple[str, int | None, int | None]:
+        """(name, pinned version or None, the version to serve or None if it is not installed)."""
+        name, pinned = split_model(model)
+        if pinned is None:
+            return name, None, repository.latest_version(self.root, name)
+        return name, pinned, pinned if pinned in repository.versions(self.root, name) else None
+
     def _load(self, model: str) -> _Loaded:
-        version = repository.latest_version(self.root, model)
+        """The loaded SavedModel for `model`; one version per model name stays loaded (a newer one replaces it)."""
+        name, pinned, version = self._resolve(model)
         with self._lock:
-            current = self._models.get(model)
             if version is None:
-                if current is not None and not (self.root / model / str(current.description.version)).exists():
-                    del self._models[model]  # removed from the repository: unload, as TF-Serving does
+                current = self._models.get(name)
+                if current is not None and not (self.root / name / str(current.description.version)).exists():
+                    del self._models[name]  # removed from the repository: unload, as TF-Serving does
                     current = None
-                if current is None:
-                    raise ModelNotInstalled(
-                        model,
-                        f"no SavedModel under {self.root / model}/<version>/; run `acg2vec models build-defaults`",
-                    )
+                if current is None or pinned is not None:
+                    where = f"{self.root / name}/{pinned if pinned is not None else '<version>'}/"
+                    raise ModelNotInstalled(model, f"no SavedModel under {where}; run `acg2vec models build-defaults`")
                 return current
+            current = self._models.get(name)
             if current is not None and current.description.version == version:
                 return current
             import tensorflow as tf
 
-            path = self.root / model / str(version)
-            log.info("loading model %s version %d from %s", model, version, path)
+            path = self.root / name / str(version)
+            log.info("loading model %s version %d from %s", name, version, path)
             module = tf.saved_model.load(str(path))
-            loaded = _Loaded(ModelDescription(model, version, signature_infos(read_signature_defs(path))), module)
-            self._models[model] = loaded
+            loaded = _Loaded(ModelDescription(name, version, signature_infos(read_signature_defs(path))), module)
+            self._models[name] = loaded
             return loaded
+
+    def _describe(self, model: str) -> ModelDescription:
+        """Loads the model (a warm-up before its first call), except for the newest version of a model pinned to
+        another one: that is read from its signature file, so that asking which version is newest loads nothing."""
+        name, pinned, version = self._resolve(model)
+        with self._lock:
+            current = self._models.get(name)
+        if pinned is None and version is not None and current is not None and current.description.version != version:
+            path = self.root / name / str(version)
+            return ModelDescription(name, version, signature_infos(read_signature_defs(path)))
+        return self._load(model).description
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         """Runs fn on a TensorFlow thread. Cancelled (the caller went away, or its inference timeout passed) before
@@ -90,7 +115,7 @@ class InProcessBackend:
             raise
 
     async def describe(self, model: str) -> ModelDescription:
-        return (await self._run(self._load, model)).description
+        return await self._run(self._describe, model)
 
     def _predict(
         self, model: str, inputs: Mapping[str, np.ndarray], signature: str

@@ -1,9 +1,12 @@
 """Vector store: illustration vectors in Milvus through pymilvus' MilvusClient.
 
-A file path as URI means Milvus Lite (embedded, one process holds it); http://host:19530 a Milvus
-server or cluster. One collection holds, per illustration, the illust2vec image vector, the text vector
-of its tags, and the filterable fields (rating, tags, custom fields) so that filters apply inside the
-ANN search rather than after it. Cosine metric on L2-normalised vectors.
+A file path as URI means Milvus Lite (embedded, one process holds it); http://host:19530 a Milvus server or cluster
+(the standalone server of backends/milvus_standalone.py, Milvus 2.3, or a cluster >= 2.4). One collection per vector
+space (image, text) and model version, `<base>_<space>_<model>_v<version>`, each with the id and the filterable
+fields (rating, tags, custom fields) so that filters apply inside the ANN search; one vector field per collection,
+which Milvus 2.3 requires. The alias `<base>_<space>` names the live collection of a space; a new model version
+fills its own collections and becomes live by one alias change (`acg2vec collections switch`), so vectors of two
+versions never meet in one collection or one search. Cosine metric on L2-normalised vectors.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,17 +25,24 @@ from typing import Any
 import numpy as np
 
 from acg2vec_server.domain.errors import BackendUnavailable, FailedPrecondition
-from acg2vec_server.domain.ports import VectorStore
-from acg2vec_server.domain.types import RATINGS, SearchFilter, Space, VectorHit, VectorRow
+from acg2vec_server.domain.ports import CollectionInfo, VectorStore
+from acg2vec_server.domain.types import RATINGS, ModelRef, SearchFilter, Space, VectorHit, VectorRow
 from acg2vec_server.telemetry.backend_calls import instrumented
 
 log = logging.getLogger(__name__)
 
 MAX_TAGS = 256
 MAX_TAG_CHARS = 256
+SPACES: tuple[Space, Space] = ("image", "text")
 #: Retry a lost connection within a second, not after gRPC's exponential backoff (up to minutes): a restarted
 #: Milvus is used again as soon as it answers.
 RECONNECT = {"grpc.initial_reconnect_backoff_ms": 200, "grpc.max_reconnect_backoff_ms": 1000}
+#: Read-your-writes for this process's own writes (pymilvus tracks their timestamps), without the wait for the
+#: newest time tick that Strong costs on every search.
+CONSISTENCY = "Session"
+#: Milvus 2.3 answers a delete without its timestamp, so Session reads do not see it yet: reads this soon after a
+#: delete of this process ask for Strong consistency instead.
+STRONG_AFTER_DELETE_S = 2.0
 
 
 def _literal(value: str) -> str:
@@ -53,6 +66,25 @@ def filter_expression(flt: SearchFilter, exclude_id: str = "") -> str:
     return " and ".join(parts)
 
 
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
+def collection_name(base: str, space: Space, model: ModelRef) -> str:
+    """The collection of `space` vectors embedded by `model` (name and version are part of the name)."""
+    return f"{base}_{space}_{_safe(model.name)}_v{model.version}"
+
+
+def alias_name(base: str, space: Space) -> str:
+    return f"{base}_{space}"
+
+
+def parse_collection(base: str, name: str) -> tuple[Space, str, int] | None:
+    """(space, model name as written in the name, version) of one of this base's collections, else None."""
+    m = re.fullmatch(re.escape(base) + r"_(image|text)_(\w+)_v(\d+)", name)
+    return (m.group(1), m.group(2), int(m.group(3))) if m else None  # type: ignore[return-value]
+
+
 @instrumented("milvus", VectorStore)
 class MilvusVectorStore:
     name = "vectors"
@@ -69,9 +101,10 @@ class MilvusVectorStore:
         timeout_s: float = 10.0,
         ivf_nlist: int = 1024,
         ivf_nprobe: int = 32,
+        concurrency: int = 8,
     ):
         self.uri = uri
-        self.collection = collection
+        self.base = collection
         self.token = token
         self.index_type = index_type
         self.hnsw = {"M": hnsw_m, "efConstruction": hnsw_ef_construction}
@@ -79,85 +112,108 @@ class MilvusVectorStore:
         self.ivf_nlist, self.ivf_nprobe = ivf_nlist, ivf_nprobe
         self.timeout_s = timeout_s
         self.is_lite = not uri.startswith(("http://", "https://", "tcp://", "unix:"))
-        # One thread: Milvus Lite is one embedded engine; a server client is cheap to serialise too.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="milvus")
+        # Milvus Lite is one embedded engine: one thread. A server answers concurrent calls on one gRPC channel, so
+        # searches are not serialised behind each other (a bounded pool: `milvus_concurrency`).
+        self.concurrency = 1 if self.is_lite else max(1, concurrency)
+        self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="milvus")
         self._client: Any = None
+        self._client_lock = threading.Lock()
         self.dims: tuple[int, int] | None = None
+        #: Why the collections are not bound (set by the domain when its check failed), for FAILED_PRECONDITION.
+        self.unready_reason = ""
+        self._unreachable = False
+        self._reload = False
+        self.bound: dict[Space, ModelRef] = {}
+        self._names: dict[Space, str] = {}
+        self._known: set[str] = set()  # collections seen to exist (created or described), with their index type
         self.active_index_type = index_type
-        self._upserts: list[tuple[list[dict[str, Any]], asyncio.Future[None]]] = []
+        self._deleted_at = -STRONG_AFTER_DELETE_S
+        self._upserts: list[tuple[list[VectorRow], asyncio.Future[None]]] = []
         self._drainer: asyncio.Task[None] | None = None
 
     # -- plumbing
     def _connect(self) -> Any:
-        if self._client is None:
-            from pymilvus import MilvusClient
+        with self._client_lock:
+            if self._client is None:
+                from pymilvus import MilvusClient
 
-            if self.is_lite:
-                Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
-            self._client = MilvusClient(uri=self.uri, token=self.token, timeout=self.timeout_s, grpc_options=RECONNECT)
-        return self._client
+                if self.is_lite:
+                    Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
+                self._client = MilvusClient(
+                    uri=self.uri, token=self.token, timeout=self.timeout_s, grpc_options=RECONNECT
+                )
+            return self._client
 
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         def call() -> Any:
             try:
-                return fn(self._connect(), *args, **kwargs)
+                client = self._connect()
+                result = fn(client, *args, **kwargs)
             except (FailedPrecondition, BackendUnavailable):
                 raise
             except Exception as e:  # pymilvus raises MilvusException and grpc errors for connection failures
-                self._drop_client()
+                self._unreachable = self._reload = True
+                self._known.clear()
+                self._drop_client(self._client)
                 raise BackendUnavailable(
                     self.name, f"vector store (Milvus) at {self.uri} failed: {e}; retry later"
                 ) from None
+            self._unreachable = False
+            return result
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
-    def _drop_client(self) -> None:
-        if self._client is not None and not self.is_lite:
-            with contextlib.suppress(Exception):  # best effort on a broken connection
-                self._client.close()
+    def _drop_client(self, client: Any) -> None:
+        if self.is_lite or client is None:
+            return
+        with self._client_lock:
+            if self._client is not client:
+                return  # another thread replaced it already
             self._client = None
+        with contextlib.suppress(Exception):  # best effort on a broken connection
+            client.close()
 
     # -- schema
-    def _ensure(self, client: Any, image_dim: int, text_dim: int) -> None:
+    def _create(self, client: Any, name: str, dim: int) -> None:
         from pymilvus import DataType, MilvusClient
 
-        if client.has_collection(self.collection):
-            fields = {f["name"]: f for f in client.describe_collection(self.collection)["fields"]}
-            have = (int(fields["image_vector"]["params"]["dim"]), int(fields["text_vector"]["params"]["dim"]))
-            if have != (image_dim, text_dim):
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=256)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        schema.add_field("rating", DataType.INT8)
+        schema.add_field(
+            "tags", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=MAX_TAGS, max_length=MAX_TAG_CHARS
+        )
+        schema.add_field("fields", DataType.JSON)
+        index = client.prepare_index_params()
+        index.add_index("vector", index_type=self.index_type, metric_type="COSINE", params=self.index_params())
+        client.create_collection(name, schema=schema, index_params=index, consistency_level=CONSISTENCY)
+        log.info("created Milvus collection %s (%s, dim %d)", name, self.index_type, dim)
+
+    def _ensure(self, client: Any, space: Space, model: ModelRef, dim: int) -> str:
+        name = collection_name(self.base, space, model)
+        if client.has_collection(name):
+            fields = {f["name"]: f for f in client.describe_collection(name)["fields"]}
+            have = int(fields["vector"]["params"]["dim"])
+            if have != dim:
                 raise FailedPrecondition(
-                    f"collection '{self.collection}' holds vectors of dimensions {have} but the models give "
-                    f"{(image_dim, text_dim)}; set ACG2VEC_MILVUS_COLLECTION to a new name and re-index "
-                    "(`acg2vec index`), or reinstall the models the collection was built with"
+                    f"collection '{name}' holds {space} vectors of dimension {have} but {model.name} version "
+                    f"{model.version} gives {dim}: a model changed without a new version number; install it as a new "
+                    f"version (or drop the collection with `acg2vec collections drop {space} {model.version}` and "
+                    "re-index)"
                 )
         else:
-            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-            schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=256)
-            schema.add_field("image_vector", DataType.FLOAT_VECTOR, dim=image_dim)
-            schema.add_field("text_vector", DataType.FLOAT_VECTOR, dim=text_dim)
-            schema.add_field("rating", DataType.INT8)
-            schema.add_field(
-                "tags", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=MAX_TAGS, max_length=MAX_TAG_CHARS
-            )
-            schema.add_field("fields", DataType.JSON)
-            index = client.prepare_index_params()
-            params = self.index_params()
-            for field_name in ("image_vector", "text_vector"):
-                index.add_index(field_name, index_type=self.index_type, metric_type="COSINE", params=params)
-            client.create_collection(self.collection, schema=schema, index_params=index)
-            log.info(
-                "created Milvus collection %s (%s, dims %d/%d)", self.collection, self.index_type, image_dim, text_dim
-            )
-        existing = client.describe_index(self.collection, "image_vector").get("index_type")
-        if existing and existing != self.index_type:
+            self._create(client, name, dim)
+        existing = client.describe_index(name, "vector").get("index_type")
+        if existing and existing != self.index_type and name not in self._known:
             log.warning(
-                "collection %s has a %s index, not the configured %s; the existing index stays (drop and "
-                "rebuild it, or index into a new ACG2VEC_MILVUS_COLLECTION, to change it)",
-                self.collection, existing, self.index_type,
+                "collection %s has a %s index, not the configured %s; the existing index stays (drop and rebuild "
+                "it, or re-index into a new ACG2VEC_MILVUS_COLLECTION, to change it)", name, existing, self.index_type,
             )  # fmt: skip
         self.active_index_type = existing or self.index_type
-        client.load_collection(self.collection)
-        self.dims = (image_dim, text_dim)
+        client.load_collection(name)
+        self._known.add(name)
+        return name
 
     def index_params(self) -> dict[str, Any]:
         if self.index_type == "HNSW":
@@ -166,44 +222,139 @@ class MilvusVectorStore:
             return {"nlist": self.ivf_nlist}
         return {}
 
-    async def ensure_collection(self, image_dim: int, text_dim: int) -> None:
-        await self._run(self._ensure, image_dim, text_dim)
+    def _alias_target(self, client: Any, alias: str) -> str | None:
+        """The collection an alias names, None if there is no such alias. (Asked of each of this deployment's
+        collections: describe_alias answers a missing alias with an error that pymilvus logs on stderr.)"""
+        for name in client.list_collections():
+            if parse_collection(self.base, name) is not None and alias in client.list_aliases(name)["aliases"]:
+                return name
+        return None
 
-    def _require(self) -> None:
-        if self.dims is None:
+    def _live(self, client: Any, space: Space, model_name: str) -> ModelRef | None:
+        alias = alias_name(self.base, space)
+        target = self._alias_target(client, alias)
+        if target is None:
+            return None
+        parsed = parse_collection(self.base, target)
+        if parsed is None:
             raise FailedPrecondition(
-                "the vector collection is not ready: models are missing or still loading; retry later"
+                f"the Milvus alias {alias} points at {target!r}, which is not an acg2vec collection of this "
+                f"deployment; point it at one (`acg2vec collections switch`) or drop the alias"
             )
+        _, name, version = parsed
+        return ModelRef(model_name if name == _safe(model_name) else name, version)
+
+    async def live(self, space: Space, model_name: str) -> ModelRef | None:
+        return await self._run(self._live, space, model_name)
+
+    async def bind(self, image: ModelRef, image_dim: int, text: ModelRef, text_dim: int) -> None:
+        if self.bound == {"image": image, "text": text} and self.dims == (image_dim, text_dim) and not self._reload:
+            return
+        self._reload = False  # a call failed since the last bind: Milvus may have restarted, its collections released
+        names = {
+            "image": await self._run(self._ensure, "image", image, image_dim),
+            "text": await self._run(self._ensure, "text", text, text_dim),
+        }
+        self._names, self.bound, self.dims = names, {"image": image, "text": text}, (image_dim, text_dim)
+
+    async def set_live(self, space: Space, model: ModelRef) -> None:
+        def switch(client: Any) -> None:
+            name, alias = collection_name(self.base, space, model), alias_name(self.base, space)
+            if not client.has_collection(name):
+                raise FailedPrecondition(f"there is no collection {name} to make live; index into it first")
+            current = self._alias_target(client, alias)
+            if current is None:
+                client.create_alias(name, alias)
+            elif current != name:
+                client.alter_alias(name, alias)
+            log.info("alias %s -> %s (was %s)", alias, name, current)
+
+        await self._run(switch)
+
+    async def collections(self) -> list[CollectionInfo]:
+        def listing(client: Any) -> list[CollectionInfo]:
+            live = {space: self._alias_target(client, alias_name(self.base, space)) for space in SPACES}
+            found = []
+            for name in sorted(client.list_collections()):
+                parsed = parse_collection(self.base, name)
+                if parsed is None:
+                    continue
+                space, model_name, version = parsed
+                fields = {f["name"]: f for f in client.describe_collection(name)["fields"]}
+                client.load_collection(name)
+                rows = client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")
+                found.append(
+                    CollectionInfo(
+                        name,
+                        space,
+                        ModelRef(model_name, version),
+                        int(fields["vector"]["params"]["dim"]),
+                        int(rows[0]["count(*)"]),
+                        live.get(space) == name,
+                    )
+                )
+            return found
+
+        return await self._run(listing)
+
+    async def drop(self, space: Space, model: ModelRef) -> None:
+        def drop(client: Any) -> None:
+            name, alias = collection_name(self.base, space, model), alias_name(self.base, space)
+            if self._alias_target(client, alias) == name:
+                raise FailedPrecondition(f"{name} is the live {space} collection; switch to another one first")
+            client.drop_collection(name)
+            self._known.discard(name)
+
+        await self._run(drop)
+
+    def require(self) -> None:
+        """Raises unless the collections are bound: UNAVAILABLE while Milvus is unreachable, else FAILED_PRECONDITION"""
+        if self.dims is not None:
+            return
+        if self._unreachable:  # Milvus was down when the server started (or since): UNAVAILABLE, as any outage
+            raise BackendUnavailable(self.name, f"vector store (Milvus) at {self.uri} is unreachable; retry later")
+        reason = "the vector collections are not ready: models are missing or still loading; retry later"
+        raise FailedPrecondition(self.unready_reason or reason)
 
     # -- data
     async def upsert(self, rows: list[VectorRow]) -> None:
-        self._require()
-        data = [
-            {
-                "id": r.id,
-                "image_vector": np.asarray(r.image_vector, np.float32).tolist(),
-                "text_vector": np.asarray(r.text_vector, np.float32).tolist(),
-                "rating": RATINGS.index(r.rating) + 1 if r.rating in RATINGS else 0,
-                "tags": [t[:MAX_TAG_CHARS] for t in r.tags[:MAX_TAGS]],
-                "fields": json.loads(json.dumps(r.fields)),
-            }
-            for r in rows
-        ]
+        self.require()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._upserts.append((data, future))
+        self._upserts.append((rows, future))
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.create_task(self._drain_upserts())
         await future
 
-    def _upsert_rows(self, client: Any, rows: list[dict[str, Any]]) -> None:
-        client.upsert(self.collection, rows)
+    def _upsert_rows(self, client: Any, rows: list[VectorRow]) -> None:
+        """Each row's image and text vector into the collections of the versions that embedded them."""
+        per_collection: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            common = {
+                "id": r.id,
+                "rating": RATINGS.index(r.rating) + 1 if r.rating in RATINGS else 0,
+                "tags": [t[:MAX_TAG_CHARS] for t in r.tags[:MAX_TAGS]],
+                "fields": json.loads(json.dumps(r.fields)),
+            }
+            parts = (("image", r.image_vector, r.image_model), ("text", r.text_vector, r.text_model))
+            for space, vector, model in parts:
+                name = collection_name(self.base, space, model)  # type: ignore[arg-type]
+                row = {**common, "vector": np.asarray(vector, np.float32).tolist()}
+                per_collection.setdefault(name, []).append(row)
+        for name, data in per_collection.items():
+            if name not in self._known:
+                if not client.has_collection(name):  # a version nobody serves any more (dropped): nothing to keep
+                    log.warning("no collection %s: %d rows of that model version are not stored", name, len(data))
+                    continue
+                client.load_collection(name)
+                self._known.add(name)
+            client.upsert(name, data)
 
     async def _drain_upserts(self) -> None:
-        """Coalesces concurrent upserts (e.g. the items of one indexing batch) into one Milvus call: what
-        arrives while a call runs goes out together in the next."""
+        """Coalesces concurrent upserts (e.g. the items of one indexing batch) into one Milvus call per collection:
+        what arrives while a call runs goes out together in the next."""
         while self._upserts:
             waiting, self._upserts = self._upserts, []
-            merged = list({row["id"]: row for data, _ in waiting for row in data}.values())  # the later write wins
+            merged = list({row.id: row for rows, _ in waiting for row in rows}.values())  # the later write wins
             try:
                 await self._run(self._upsert_rows, merged)
             except Exception as e:
@@ -216,52 +367,82 @@ class MilvusVectorStore:
                         future.set_result(None)
 
     async def delete(self, ids: list[str]) -> None:
-        self._require()
-        await self._run(lambda c: c.delete(self.collection, ids=ids))
+        """Removes the ids from every collection of this deployment (every model version: none keeps a stale row)."""
+        self.require()
+
+        def delete(client: Any) -> None:
+            names = set(self._names.values()) | self._known
+            names |= {n for n in client.list_collections() if parse_collection(self.base, n) is not None}
+            for name in sorted(names):
+                if name not in self._known:
+                    client.load_collection(name)
+                    self._known.add(name)
+                client.delete(name, ids=ids)
+            self._deleted_at = time.monotonic()
+
+        await self._run(delete)
+
+    def _reads(self) -> dict[str, Any]:
+        """Consistency of a read: the collection's (Session) unless this process deleted rows a moment ago."""
+        if time.monotonic() - self._deleted_at < STRONG_AFTER_DELETE_S:
+            return {"consistency_level": "Strong"}
+        return {}
 
     async def search(
         self, space: Space, vector: np.ndarray, limit: int, offset: int, flt: SearchFilter, exclude_id: str = ""
     ) -> list[VectorHit]:
-        self._require()
+        self.require()
         params: dict[str, Any] = {"metric_type": "COSINE"}
         if self.active_index_type == "HNSW":
             params["params"] = {"ef": max(self.ef_search, limit + offset)}
         elif self.active_index_type.startswith("IVF"):
             params["params"] = {"nprobe": self.ivf_nprobe}
+        name = self._names[space]
         result = await self._run(
             lambda c: c.search(
-                self.collection,
+                name,
                 data=[np.asarray(vector, np.float32).tolist()],
-                anns_field=f"{space}_vector",
+                anns_field="vector",
                 limit=limit,
                 offset=offset,
                 filter=filter_expression(flt, exclude_id),
                 output_fields=["id"],
                 search_params=params,
+                **self._reads(),
             )
         )
         return [VectorHit(hit["id"], float(hit["distance"])) for hit in result[0]]
 
     async def get_vectors(self, ids: list[str], space: Space) -> dict[str, np.ndarray]:
-        self._require()
+        self.require()
         if not ids:
             return {}
-        field_name = f"{space}_vector"
-        rows = await self._run(lambda c: c.get(self.collection, ids=ids, output_fields=[field_name]))
-        return {row["id"]: np.asarray(row[field_name], np.float32) for row in rows}
+        name = self._names[space]
+        rows = await self._run(lambda c: c.get(name, ids=ids, output_fields=["vector"], **self._reads()))
+        return {row["id"]: np.asarray(row["vector"], np.float32) for row in rows}
 
     async def count(self) -> int:
-        self._require()
-        rows = await self._run(lambda c: c.query(self.collection, filter="", output_fields=["count(*)"]))
+        """Rows of the bound image collection (every illustration has one row per space)."""
+        self.require()
+        name = self._names["image"]
+        rows = await self._run(lambda c: c.query(name, filter="", output_fields=["count(*)"], **self._reads()))
         return int(rows[0]["count(*)"])
 
-    async def ids(self) -> set[str]:
-        """Every stored id (a query iterator; for the full repair pass, not hot paths)."""
-        self._require()
+    async def ids(self, space: Space = "image", model: ModelRef | None = None) -> set[str]:
+        """Every id stored in the bound collection of `space` (or that version's); for the full repair pass and the
+        switch check, not hot paths."""
+        if model is None:
+            self.require()
+        name = self._names[space] if model is None else collection_name(self.base, space, model)
 
         def scan(client: Any) -> set[str]:
             found: set[str] = set()
-            iterator = client.query_iterator(self.collection, batch_size=4096, output_fields=["id"])
+            if name not in self._known:
+                if not client.has_collection(name):
+                    return found
+                client.load_collection(name)
+                self._known.add(name)
+            iterator = client.query_iterator(name, batch_size=4096, output_fields=["id"])
             try:
                 while batch := iterator.next():
                     found.update(row["id"] for row in batch)
@@ -272,13 +453,14 @@ class MilvusVectorStore:
         return await self._run(scan)
 
     async def ping(self) -> None:
-        await self._run(lambda c: c.has_collection(self.collection))
+        await self._run(lambda c: c.has_collection(self._names.get("image", self.base)))
 
     async def close(self) -> None:
         def shut() -> None:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
+            with self._client_lock:
+                client, self._client = self._client, None
+            if client is not None:
+                client.close()
 
         await asyncio.get_running_loop().run_in_executor(self._executor, shut)
         self._executor.shutdown(wait=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping
+from typing import Any
 
 import grpc
 import numpy as np
@@ -14,7 +15,13 @@ from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, predict
 from acg2vec_server.backends.signatures import signature_infos
 from acg2vec_server.domain.batching import timed_out
 from acg2vec_server.domain.errors import BackendUnavailable
-from acg2vec_server.domain.ports import InferenceBackend, InferenceInputError, ModelDescription, ModelNotInstalled
+from acg2vec_server.domain.ports import (
+    InferenceBackend,
+    InferenceInputError,
+    ModelDescription,
+    ModelNotInstalled,
+    split_model,
+)
 from acg2vec_server.telemetry.backend_calls import instrumented
 
 #: Per-call balancing: round_robin keeps a connection to every address the target resolves to (with
@@ -52,7 +59,7 @@ class TFServingBackend:
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
 
     def timeout_of(self, model: str) -> float:
-        return self.timeouts.get(model, self.timeout_s)
+        return self.timeouts.get(split_model(model)[0], self.timeout_s)
 
     def _error(self, model: str, e: grpc.aio.AioRpcError) -> Exception:
         code = e.code()
@@ -70,20 +77,21 @@ class TFServingBackend:
 
     async def describe(self, model: str) -> ModelDescription:
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
-        request.model_spec.name = model
+        _spec(request.model_spec, model)
         try:
             response = await self._stub.GetModelMetadata(request, timeout=self.timeout_of(model))
         except grpc.aio.AioRpcError as e:
             raise self._error(model, e) from None
         defs = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(defs)
-        return ModelDescription(model, response.model_spec.version.value, signature_infos(defs.signature_def))
+        version = response.model_spec.version.value
+        return ModelDescription(split_model(model)[0], version, signature_infos(defs.signature_def))
 
     async def predict(
         self, model: str, inputs: Mapping[str, np.ndarray], signature: str = "serving_default"
     ) -> tuple[dict[str, np.ndarray], int]:
         request = predict_pb2.PredictRequest()
-        request.model_spec.name = model
+        _spec(request.model_spec, model)
         request.model_spec.signature_name = signature
         for key, value in inputs.items():
             request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
@@ -102,3 +110,12 @@ class TFServingBackend:
 
     async def close(self) -> None:
         await self._channel.close()
+
+
+def _spec(spec: Any, model: str) -> None:
+    """ModelSpec of `name` (TF-Serving's newest version) or `name@version` (that version; TF-Serving serves it when
+    its model_version_policy keeps it, e.g. `specific { versions: 1 versions: 2 }` during an upgrade)."""
+    name, version = split_model(model)
+    spec.name = name
+    if version is not None:
+        spec.version.value = version

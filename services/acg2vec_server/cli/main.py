@@ -6,6 +6,7 @@ import click
 
 from acg2vec.indexer.cli import index
 from acg2vec_server.cli.auth import auth
+from acg2vec_server.cli.collections import collections
 from acg2vec_server.cli.emulator import tfserving_emulator
 from acg2vec_server.cli.models import models
 from acg2vec_server.cli.repair import repair
@@ -19,7 +20,7 @@ def main() -> None:
     """acg2vec: tag anime illustrations, embed images and text, search similar illustrations (gRPC)."""
 
 
-for _command in (serve, repair, models, text, tfserving_emulator, auth, index, train):
+for _command in (serve, repair, collections, models, text, tfserving_emulator, auth, index, train):
     main.add_command(_command)
 
 if __name__ == "__main__":

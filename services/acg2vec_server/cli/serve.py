@@ -39,7 +39,9 @@ def serve(**overrides: Any) -> None:
             "model repository %s is empty: run `acg2vec models build-defaults` (services stay NOT_SERVING until then)",
             settings.models_root,
         )
+    from acg2vec_server.backends.milvus_standalone import StandaloneUnavailable
+
     try:
         asyncio.run(run(settings))
-    except SecurityConfigError as e:
+    except (SecurityConfigError, StandaloneUnavailable) as e:
         raise click.ClickException(f"refusing to start: {e}") from None

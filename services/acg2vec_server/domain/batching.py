@@ -41,7 +41,7 @@ import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
 from acg2vec_server.domain.errors import BackendUnavailable, Overloaded
-from acg2vec_server.domain.ports import InferenceInputError
+from acg2vec_server.domain.ports import InferenceInputError, split_model
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,7 @@ class _ModelQueue:
 
     def __init__(self, model: str, signature: str, policy: BatchPolicy, predict: Predict):
         self.model, self.signature, self.policy, self.predict = model, signature, policy, predict
+        self.label = split_model(model)[0]  # metrics by model name, whichever version is pinned
         self.jobs: deque[_Job] = deque()
         self.items = 0
         self.running = 0
@@ -118,7 +119,7 @@ class _ModelQueue:
 
     async def submit(self, inputs: Mapping[str, np.ndarray], size: int) -> Outputs:
         if self.items and self.items + size > self.policy.max_queued:
-            REFUSED.labels(self.model).inc()
+            REFUSED.labels(self.label).inc()
             raise Overloaded(
                 f"the server is at capacity: {self.items} items already wait for model '{self.model}' "
                 f"(limit {self.policy.max_queued}); retry after the suggested delay, or send fewer requests at once"
@@ -132,7 +133,7 @@ class _ModelQueue:
 
     def _count(self, delta: int) -> None:
         self.items += delta
-        QUEUED_ITEMS.labels(self.model).inc(delta)
+        QUEUED_ITEMS.labels(self.label).inc(delta)
 
     def _forget(self, job: _Job) -> None:
         """A job that ends while still queued (its caller was cancelled) leaves the queue at once."""
@@ -140,7 +141,7 @@ class _ModelQueue:
             job.queued = False
             self.jobs.remove(job)
             self._count(-job.size)
-            DROPPED.labels(self.model).inc()
+            DROPPED.labels(self.label).inc()
 
     def _take(self) -> list[_Job]:
         """The oldest job and the next ones of the same input shapes, up to max_size items."""
@@ -209,7 +210,7 @@ class _ModelQueue:
         else:
             inputs = {k: np.concatenate([job.inputs[k] for job in jobs]) for k in jobs[0].inputs}
         total = sum(job.size for job in jobs)
-        BATCH_ITEMS.labels(self.model).observe(total)
+        BATCH_ITEMS.labels(self.label).observe(total)
         try:
             outputs, version = await self.predict(self.model, inputs, self.signature)
         except InferenceInputError as e:
@@ -276,8 +277,8 @@ class Batcher:
         """The policy with this model's own batch size and timeout, where it has them."""
         return replace(
             self.policy,
-            max_size=self.max_sizes.get(model, self.policy.max_size),
-            timeout_s=self.timeouts.get(model, self.policy.timeout_s),
+            max_size=self.max_sizes.get(split_model(model)[0], self.policy.max_size),
+            timeout_s=self.timeouts.get(split_model(model)[0], self.policy.timeout_s),
         )
 
     async def predict(

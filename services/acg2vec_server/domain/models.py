@@ -10,7 +10,13 @@ from acg2vec_models.repository import LABELS_SIGNATURE, ROWS_INPUT
 from acg2vec_models.text.tokens import IDS_INPUT, TOKENIZER_OUTPUT, TOKENIZER_SIGNATURE, TextTokenizer
 from acg2vec_server.domain.batching import Batcher
 from acg2vec_server.domain.errors import BackendUnavailable, FailedPrecondition, FieldViolation, InvalidInput
-from acg2vec_server.domain.ports import InferenceBackend, InferenceInputError, ModelDescription, ModelNotInstalled
+from acg2vec_server.domain.ports import (
+    InferenceBackend,
+    InferenceInputError,
+    ModelDescription,
+    ModelNotInstalled,
+    split_model,
+)
 from acg2vec_server.domain.types import Embedding, ModelRef
 
 
@@ -43,6 +49,8 @@ class Models:
     ):  # fmt: skip
         self.backend = backend
         self.tagger, self.image, self.text, self.popularity = tagger, image, text, popularity
+        #: The embedding models' names without a pinned version (`image` and `text` may carry `@version`: pin()).
+        self.image_name, self.text_name = split_model(image)[0], split_model(text)[0]
         self._labels: Labels | None = None
         self._text_inputs: TextInputs | None = None
         #: Joins concurrent requests into model-sized batches (domain/batching.py); None runs each as it comes.
@@ -63,7 +71,13 @@ class Models:
                 f"the input is corrupt: the model's decoder refused it ({e})",
                 [FieldViolation("image", "corrupt image")],
             ) from None
-        return outputs, ModelRef(model, version)
+        return outputs, ModelRef(split_model(model)[0], version)
+
+    def pin(self, image_version: int | None, text_version: int | None) -> None:
+        """Embeds with these versions of the image and text models from now on (None: the newest installed), so
+        that query vectors and new rows belong to the vector collections being served."""
+        self.image = self.image_name if image_version is None else f"{self.image_name}@{image_version}"
+        self.text = self.text_name if text_version is None else f"{self.text_name}@{text_version}"
 
     async def run_images(
         self, model: str, images: list[bytes], optional: bool = False, field: str = "images"

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from acg2vec_server.domain.types import IllustrationRecord, SearchFilter, Space, VectorHit, VectorRow
+from acg2vec_server.domain.types import IllustrationRecord, ModelRef, SearchFilter, Space, VectorHit, VectorRow
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,17 @@ class ModelDescription:
         return self.signatures[signature].outputs[output].shape[-1]
 
 
+def split_model(model: str) -> tuple[str, int | None]:
+    """`name@version` (a model pinned to one version, e.g. the one the live vector collection was embedded with)
+    -> (name, version); a plain name -> (name, None): the newest version."""
+    name, at, version = model.partition("@")
+    return (name, int(version)) if at and version.isdigit() else (model, None)
+
+
 class InferenceBackend(Protocol):
+    """Runs SavedModels of a TF-Serving model repository, in-process or remotely. A model is named `name` (its
+    newest version) or `name@version` (that version only)."""
+
     """Runs SavedModels of a TF-Serving model repository, in-process or remotely."""
 
     name: str
@@ -76,13 +86,48 @@ class InferenceInputError(Exception):
 MAX_WINDOW = 16384
 
 
+@dataclass(frozen=True)
+class CollectionInfo:
+    """One vector collection: the space and the model version whose vectors it holds, and whether it is live."""
+
+    name: str
+    space: Space
+    model: ModelRef
+    dim: int
+    rows: int
+    live: bool
+
+
 class VectorStore(Protocol):
-    """Illustration vectors (image and text space) with their filter fields; one collection per model pair."""
+    """Illustration vectors with their filter fields: one collection per vector space (image, text) and model
+    version, the live one per space reached through an alias. A store serves (`bind`) one model version per space;
+    a row's vectors go to the collections of the versions that embedded them, never to another version's."""
 
-    #: (image, text) dimensions once the collection is ready, else None.
+    #: (image, text) dimensions of the bound collections once ready, else None.
     dims: tuple[int, int] | None
+    #: The model versions bound per space (what searches read), once ready.
+    bound: dict[Space, ModelRef]
+    #: Why the collections are not bound, when the domain's check refused them (the FAILED_PRECONDITION message).
+    unready_reason: str
 
-    async def ensure_collection(self, image_dim: int, text_dim: int) -> None: ...
+    async def live(self, space: Space, model_name: str) -> ModelRef | None:
+        """The model version of the space's live collection (its alias), None if there is none yet."""
+        ...
+
+    async def bind(self, image: ModelRef, image_dim: int, text: ModelRef, text_dim: int) -> None:
+        """Creates (if missing), checks and loads these versions' collections; searches read them from now on."""
+        ...
+
+    async def set_live(self, space: Space, model: ModelRef) -> None:
+        """Points the space's alias at that version's collection (one atomic alias change)."""
+        ...
+
+    def require(self) -> None:
+        """Raises BackendUnavailable (Milvus unreachable) or FailedPrecondition unless the collections are bound."""
+        ...
+
+    async def collections(self) -> list[CollectionInfo]: ...
+    async def drop(self, space: Space, model: ModelRef) -> None: ...
     async def upsert(self, rows: list[VectorRow]) -> None: ...
     async def delete(self, ids: list[str]) -> None: ...
     async def search(
@@ -90,7 +135,7 @@ class VectorStore(Protocol):
     ) -> list[VectorHit]: ...
     async def get_vectors(self, ids: list[str], space: Space) -> dict[str, np.ndarray]: ...
     async def count(self) -> int: ...
-    async def ids(self) -> set[str]: ...
+    async def ids(self, space: Space = "image", model: ModelRef | None = None) -> set[str]: ...
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
 

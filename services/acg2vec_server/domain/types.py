@@ -106,7 +106,8 @@ class IllustrationRecord:
 
 @dataclass(frozen=True)
 class VectorRow:
-    """What the vector store holds for one illustration: both vectors plus the filterable fields."""
+    """What the vector store holds for one illustration: both vectors plus the filterable fields. Each vector goes
+    into the collection of the model version that embedded it (never into another version's)."""
 
     id: str
     image_vector: np.ndarray
@@ -114,6 +115,8 @@ class VectorRow:
     rating: str
     tags: list[str]
     fields: dict[str, str]
+    image_model: ModelRef
+    text_model: ModelRef
 
 
 @dataclass

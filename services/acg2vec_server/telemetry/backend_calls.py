@@ -80,7 +80,7 @@ def _instrument(backend: str, operation: str, fn: Callable[..., Any]) -> Callabl
         if tracing.enabled() and get_current_span().get_span_context().is_valid:
             span = tracing.tracer().start_span(f"{backend} {operation}", kind=SpanKind.CLIENT, attributes=attributes)
             if takes_model and args and isinstance(args[0], str):
-                span.set_attribute("acg2vec.model", args[0])
+                span.set_attribute("acg2vec.model", str(args[0]).partition("@")[0])  # the name, pinned or not
         try:
             return await fn(self, *args, **kwargs)
         except BaseException as e:

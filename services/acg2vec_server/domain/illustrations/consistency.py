@@ -46,7 +46,7 @@ CRASH_AT = os.environ.get("ACG2VEC_CRASH_AT", "")
 def to_row(record: IllustrationRecord) -> VectorRow:
     return VectorRow(
         record.id, record.image_vector, record.text_vector, record.rating,
-        [t.name for t in record.tags], record.metadata.fields,
+        [t.name for t in record.tags], record.metadata.fields, record.image_model, record.text_model,
     )  # fmt: skip
 
 

@@ -50,6 +50,7 @@ class Indexing:
 
     async def index(self, items: list[IndexItem]) -> list[IndexResult]:
         """Indexes items with batched inference; per-item errors are returned, not raised."""
+        self.consistency.vectors.require()  # before any inference: vectors of a version nobody serves are useless
         results = [IndexResult(item.id) for item in items]
         valid: list[tuple[int, IndexItem]] = []
         for i, item in enumerate(items):
@@ -117,8 +118,8 @@ class Indexing:
                 same.append((i, record))
         if not same:
             return []
-        image = ModelRef(self.models.image, (await self.models.describe(self.models.image)).version)
-        text = ModelRef(self.models.text, (await self.models.describe(self.models.text)).version)
+        image = ModelRef(self.models.image_name, (await self.models.describe(self.models.image)).version)
+        text = ModelRef(self.models.text_name, (await self.models.describe(self.models.text)).version)
         return [(i, r) for i, r in same if (r.image_model, r.text_model) == (image, text)]
 
     async def _store(self, item: IndexItem, tags, image_vector, text_vector) -> tuple[IllustrationRecord, Outcome]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from acg2vec_server.domain import inputs
-from acg2vec_server.domain.errors import FieldViolation, InvalidInput, NotFound
+from acg2vec_server.domain.errors import FailedPrecondition, FieldViolation, InvalidInput, NotFound
 from acg2vec_server.domain.illustrations.consistency import Consistency
 from acg2vec_server.domain.models import Models
 from acg2vec_server.domain.ports import MAX_WINDOW, MetadataStore, VectorStore
@@ -62,6 +62,7 @@ class Search:
         self, query: Query, top_k: int, flt: SearchFilter, page_token: str = "", exact_rerank: bool = False
     ) -> SearchPage:
         inputs.check_top_k(top_k, self.limits)
+        self.vectors.require()  # the query must be embedded by the served collection's model version
         exclude = ""
         model: ModelRef | None = None
         if query.image is not None:
@@ -70,7 +71,7 @@ class Search:
             fingerprint = hashlib.sha256(query.image).hexdigest()
         elif query.illustration_id is not None:
             record = await self.get(query.illustration_id)
-            vector, space, exclude = record.image_vector, "image", record.id
+            vector, space, exclude = await self._stored_vector(record, "image"), "image", record.id
             fingerprint = f"id:{record.id}"
         elif query.text is not None:
             embedding = (await self.models.embed_texts([inputs.check_text(query.text, self.limits)]))[0]
@@ -83,6 +84,11 @@ class Search:
         else:
             raise InvalidInput(
                 "set one query: image, illustration_id, vector or text", [FieldViolation("query", "unset")]
+            )
+        if model is not None and model != self.vectors.bound.get(space):
+            raise FailedPrecondition(  # the models were re-pinned between the embedding and now (a switch)
+                f"the query was embedded by {model.name} version {model.version}, but the {space} collection being "
+                "served holds another version's vectors (a switch is in progress); retry"
             )
         fingerprint = hashlib.sha256(
             json.dumps([fingerprint, space, flt.__dict__, exact_rerank], sort_keys=True).encode()
@@ -130,6 +136,23 @@ class Search:
             if complete or window >= MAX_WINDOW:
                 return [(h.id, h.score) for h in hits[offset:need]]
             window = min(MAX_WINDOW, window * 2)
+
+    async def _stored_vector(self, record: IllustrationRecord, space: Space) -> np.ndarray:
+        """The illustration's vector in the served collection's version: the record's own if the same version
+        embedded it, else the row of the served collection (a record re-indexed by a newer version meanwhile)."""
+        model = record.image_model if space == "image" else record.text_model
+        if model == self.vectors.bound.get(space):
+            return record.image_vector if space == "image" else record.text_vector
+        stored = await self.vectors.get_vectors([record.id], space)
+        if record.id not in stored:
+            bound = self.vectors.bound.get(space)
+            raise FailedPrecondition(
+                f"illustration {record.id!r} was embedded by {model.name} version {model.version} and is not yet in "
+                f"the {space} collection being served ({bound.name if bound else '?'} version "
+                f"{bound.version if bound else '?'}); index it again, or query by image",
+                [FieldViolation("illustration_id", "not in the served collection")],
+            )
+        return stored[record.id]
 
     def _check_vector(self, values: list[float], space: Space) -> np.ndarray:
         dims = self.vectors.dims
