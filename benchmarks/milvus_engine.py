@@ -258,9 +258,11 @@ def built_with(args: argparse.Namespace) -> dict[str, int]:
 # -- queries
 
 
-def search_once(client: Any, vector: list[float], ef: int, expr: str) -> list[int]:
+def search_once(
+    client: Any, vector: list[float], ef: int, expr: str, collection: str = COLLECTION, field: str = VECTOR
+) -> list[int]:
     result = client.search(
-        COLLECTION, data=[vector], anns_field=VECTOR, limit=10, filter=expr,
+        collection, data=[vector], anns_field=field, limit=10, filter=expr,
         search_params={"metric_type": "COSINE", "params": {"ef": ef}},
     )  # fmt: skip
     return [int(str(hit["id"]).removeprefix("syn-")) for hit in result[0]]
@@ -298,12 +300,13 @@ def cpu_s(pid: int | None) -> float:
 
 
 def measure(uri: str, vectors: list[list[float]], ef: int, expr: str, clients: int, seconds: float,
-            stop: threading.Event, server_pid: int | None) -> dict[str, float]:  # fmt: skip
+            stop: threading.Event, server_pid: int | None, collection: str = COLLECTION,
+            field: str = VECTOR) -> dict[str, float]:  # fmt: skip
     """`clients` threads, each with its own connection, searching back to back for `seconds`; also the CPU the
     benchmark's own process (the clients) and the server used meanwhile, in cores (1.0 = one core busy)."""
     connections = [connect(uri) for _ in range(clients)]
     for c in connections:
-        search_once(c, vectors[0], ef, expr)  # warm the connection
+        search_once(c, vectors[0], ef, expr, collection, field)  # warm the connection
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors: list[BaseException] = []
     counter = itertools.count()
@@ -314,7 +317,7 @@ def measure(uri: str, vectors: list[list[float]], ef: int, expr: str, clients: i
             while not stop.is_set() and time.perf_counter() < deadline:
                 v = vectors[next(counter) % len(vectors)]
                 t0 = time.perf_counter()
-                search_once(connections[k], v, ef, expr)
+                search_once(connections[k], v, ef, expr, collection, field)
                 latencies[k].append(time.perf_counter() - t0)
         except BaseException as e:
             errors.append(e)

@@ -3,12 +3,19 @@
 
 The vectors are a Gaussian mixture (clusters, like real embeddings), L2-normalised, loaded through the
 adapters (MilvusVectorStore.upsert in batches, RedisMetadataStore.put of full records, vectors included) into
-Milvus Lite and the embedded Redis-protocol server; then `acg2vec serve` runs on that data with a model
-repository whose embedders have the production output sizes, and clients send raw-vector queries (queries:
-fresh points of the same mixture). Ground truth: exact cosine top-10 over all N in NumPy.
+Milvus and the embedded Redis-protocol server; then `acg2vec serve` runs on that data with a model repository
+whose embedders have the production output sizes, and clients send raw-vector queries (queries: fresh points of
+the same mixture), without and with a rating filter (`general`: half the rows). Ground truth: exact cosine top-10
+over all N in NumPy (with the filter: over the rows it keeps).
+
+--engine lite (default): Milvus Lite, the embedded default. --engine standalone: the Milvus 2.3 standalone server
+(PyPI `milvus`), which the server starts itself (`acg2vec serve --milvus-standalone`, data under the data dir);
+then the same run also measures the bare engine (benchmarks/milvus_engine.py's threaded pymilvus clients on the
+same collection, same ef and filter) and prints the service's 16-client QPS as a ratio of it.
 
     .venv/bin/python benchmarks/search_scale.py --n 100000
     .venv/bin/python benchmarks/search_scale.py --n 1000000 --image-dim 512 --text-dim 512
+    .venv/bin/python benchmarks/search_scale.py --engine standalone --n 100000
 
 The data set is cached under --data-dir (default .cache/bench/search-<n>-<dims>-<index>): a rerun only queries.
 """
@@ -46,9 +53,17 @@ async def load(args: argparse.Namespace, data: Path) -> None:
 
     redis_py.Redis.from_url(redis.url, protocol=2).config_set("appendfsync", "everysec")
     meta = RedisMetadataStore(redis.url)
+    standalone = None
+    uri = str(data / "milvus.db")
+    if args.engine == "standalone":
+        from acg2vec_server.backends.milvus_standalone import MilvusStandalone
+
+        standalone = MilvusStandalone(data / "milvus-standalone")
+        standalone.start()
+        uri = standalone.uri
     vectors = MilvusVectorStore(
-        str(data / "milvus.db"), "acg2vec_illustrations", index_type=args.index, hnsw_m=args.m,
-        hnsw_ef_construction=args.ef_construction,
+        uri, "acg2vec_illustrations", index_type=args.index, hnsw_m=args.m, hnsw_ef_construction=args.ef_construction,
+        timeout_s=600,
     )  # fmt: skip
     image_model, text_model = ModelRef("illust2vec", 1), ModelRef("acgvoc2vec", 1)
     await vectors.bind(image_model, args.image_dim, text_model, args.text_dim)
@@ -83,22 +98,47 @@ async def load(args: argparse.Namespace, data: Path) -> None:
         done = c * CHUNK + len(image)
         print(f"\rloaded {done}/{args.n} ({done / (time.perf_counter() - start):.0f}/s)", end="", file=sys.stderr)
     print(file=sys.stderr)
+    if standalone is not None:
+        await asyncio.to_thread(built, vectors._connect(), [vectors._names["image"], vectors._names["text"]], args.n)
     await vectors.close()
     await meta.close()
+    if standalone is not None:
+        standalone.stop()
     redis.stop()
     print(json.dumps({"load_s": round(time.perf_counter() - start, 1), "n": args.n}))
+
+
+def built(client, names: list[str], n: int) -> None:
+    """Flushes the collections and waits until their indexes cover all n rows (a server builds them in the
+    background; until then, the unindexed segments are scanned)."""
+    for name in names:
+        client.flush(name)
+    start = time.perf_counter()
+    for name in names:
+        while True:
+            info = client.describe_index(name, "vector") or {}
+            done = int(info.get("indexed_rows", 0))
+            print(f"\rindex {name}: {done}/{n} rows ({time.perf_counter() - start:.0f} s)", end="", file=sys.stderr)
+            if info.get("state") == "Finished" and int(info.get("pending_index_rows", 0)) == 0 and done >= n:
+                break
+            time.sleep(2)
+        print(file=sys.stderr)
+    print(json.dumps({"index_build_s": round(time.perf_counter() - start, 1)}))
 
 
 def load_entry(args: argparse.Namespace, data: Path) -> None:
     asyncio.run(load(args, data))
 
 
-def ground_truth(queries: np.ndarray, n: int, dim: int, k: int = 10) -> list[list[str]]:
+def ground_truth(queries: np.ndarray, n: int, dim: int, k: int = 10, general_only: bool = False) -> list[list[str]]:
+    """Exact top-k ids; general_only: among the rows rated general (the even ones, see load)."""
     best_scores = np.full((len(queries), 0), -np.inf, np.float32)
     best_ids = np.zeros((len(queries), 0), np.int64)
     for c in range((n + CHUNK - 1) // CHUNK):
         scores = queries @ chunk(c, n, dim).T
         ids = np.arange(c * CHUNK, c * CHUNK + scores.shape[1])[None, :].repeat(len(queries), 0)
+        if general_only:
+            scores, ids = scores[:, ::2], ids[:, ::2]  # CHUNK is even: row j of a chunk is general when j is even
         all_scores, all_ids = np.concatenate([best_scores, scores], 1), np.concatenate([best_ids, ids], 1)
         top = np.argsort(-all_scores, axis=1)[:, :k]
         best_scores, best_ids = np.take_along_axis(all_scores, top, 1), np.take_along_axis(all_ids, top, 1)
@@ -106,10 +146,10 @@ def ground_truth(queries: np.ndarray, n: int, dim: int, k: int = 10) -> list[lis
 
 
 async def measure(target: str, queries: np.ndarray, truth: list[list[str]], concurrency: int, seconds: float,
-                  rerank: bool) -> dict[str, float]:  # fmt: skip
+                  rerank: bool, general_only: bool = False) -> dict[str, float]:  # fmt: skip
     import grpc
 
-    from acg2vec.v1 import search_pb2, search_pb2_grpc
+    from acg2vec.v1 import common_pb2, search_pb2, search_pb2_grpc
 
     latencies: list[float] = []
     recalls: list[float] = []
@@ -120,6 +160,7 @@ async def measure(target: str, queries: np.ndarray, truth: list[list[str]], conc
                 vector=search_pb2.VectorQuery(values=q.tolist(), space=search_pb2.VECTOR_SPACE_IMAGE),
                 top_k=10,
                 exact_rerank=rerank,
+                filter=search_pb2.SearchFilter(ratings=[common_pb2.RATING_GENERAL] if general_only else []),
             )
             for q in queries
         ]
@@ -161,10 +202,13 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="per concurrency level")
     parser.add_argument("--clients", default="1,16")
     parser.add_argument("--rerank", action="store_true", help="also measure exact_rerank=true")
+    parser.add_argument("--engine", default="lite", choices=["lite", "standalone"])
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--reload", action="store_true", help="drop the cached data set and load again")
     args = parser.parse_args()
-    data = args.data_dir or ROOT / ".cache" / "bench" / f"search-{args.n}-{args.image_dim}-{args.text_dim}-{args.index}"
+    engine = "" if args.engine == "lite" else f"-{args.engine}"
+    name = f"search-{args.n}-{args.image_dim}-{args.text_dim}-{args.index}{engine}"
+    data = args.data_dir or ROOT / ".cache" / "bench" / name
     if args.reload and data.exists():
         shutil.rmtree(data)
     data.mkdir(parents=True, exist_ok=True)
@@ -183,34 +227,79 @@ async def main() -> None:
     t0 = time.perf_counter()
     truth = ground_truth(queries, args.n, args.image_dim)
     print(json.dumps({"exact_search_s_per_query_numpy": round((time.perf_counter() - t0) / len(queries), 4)}))
+    truth_general = ground_truth(queries, args.n, args.image_dim, general_only=True)
 
     from acg2vec_server.backends.embedded_redis import EmbeddedRedis
 
     redis = EmbeddedRedis(data / "redis")
     redis.start(timeout_s=1800)  # reading a large append-only file back takes a while
+    milvus: dict[str, object] = {}
+    if args.engine == "standalone":
+        from acg2vec_server.backends.embedded_redis import free_port
+
+        milvus = {"milvus_standalone": "true", "milvus_standalone_port": free_port()}
     server = server_process(
         data, model_repository=models, redis_url=redis.url,
-        milvus_index_type=args.index, hnsw_ef_search=args.ef, ivf_nprobe=args.nprobe, max_top_k=1000,
+        milvus_index_type=args.index, hnsw_ef_search=args.ef, ivf_nprobe=args.nprobe, max_top_k=1000, **milvus,
     )  # fmt: skip
     try:
         t0 = time.perf_counter()
         await server.start(timeout_s=1800, service=SEARCH)
         print(json.dumps({"server_ready_s": round(time.perf_counter() - t0, 1)}))
         results = []
-        for concurrency in [int(c) for c in args.clients.split(",")]:
-            for rerank in (False, True) if args.rerank else (False,):
-                result = await measure(server.target, queries, truth, concurrency, args.seconds, rerank)
-                result |= {"n": args.n, "dim": args.image_dim, "index": args.index, "rerank": rerank}
-                results.append(result)
-                print(json.dumps(result))
+        for general_only, expected in ((False, truth), (True, truth_general)):
+            for concurrency in [int(c) for c in args.clients.split(",")]:
+                for rerank in (False, True) if args.rerank else (False,):
+                    result = await measure(
+                        server.target, queries, expected, concurrency, args.seconds, rerank, general_only
+                    )
+                    result |= {"n": args.n, "dim": args.image_dim, "index": args.index, "rerank": rerank}
+                    result |= {"filter": "rating general" if general_only else "-"}
+                    if milvus and concurrency == max(int(c) for c in args.clients.split(",")) and not rerank:
+                        bare = bare_engine(f"http://127.0.0.1:{milvus['milvus_standalone_port']}", queries, args,
+                                           concurrency, "rating in [1]" if general_only else "")  # fmt: skip
+                        result |= {"bare_engine_qps": bare["qps"], "bare_p99_ms": bare["p99_ms"]}
+                        result["qps_ratio"] = round(result["qps"] / bare["qps"], 3)
+                    results.append(result)
+                    print(json.dumps(result))
         assert redis._process is not None
         redis_mb = process_tree_rss_mb(redis._process.pid)
         assert server.process is not None
-        server_mb = process_tree_rss_mb(server.process.pid)
-        print(json.dumps({"server_rss_mb": round(server_mb), "redis_rss_mb": round(redis_mb)}))
+        server_mb = process_tree_rss_mb(server.process.pid)  # with --milvus-standalone: Milvus is its child
+        milvus_mb = sum(process_tree_rss_mb(pid) for pid in milvus_pids(data))
+        print(json.dumps({"server_rss_mb": round(server_mb - milvus_mb), "milvus_rss_mb": round(milvus_mb),
+                          "redis_rss_mb": round(redis_mb)}))  # fmt: skip
     finally:
         server.stop(timeout_s=120)
         redis.stop()
+
+
+def milvus_pids(data: Path) -> list[int]:
+    """The standalone Milvus servers of this data dir (the binary under it), from /proc."""
+    exe = str((data / "milvus-standalone" / "bin" / "milvus").resolve())
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else []
+        except OSError:
+            continue
+        if argv and Path(argv[0].decode(errors="replace")).resolve() == Path(exe) and b"standalone" in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def bare_engine(uri: str, queries: np.ndarray, args: argparse.Namespace, clients: int, expr: str) -> dict:
+    """The same search on the same collection straight from pymilvus (benchmarks/milvus_engine.py's clients)."""
+    import threading
+
+    from milvus_engine import measure as engine_measure
+
+    result = engine_measure(
+        uri, queries.tolist(), args.ef, expr, clients, args.seconds, threading.Event(), None,
+        collection="acg2vec_illustrations_image_illust2vec_v1", field="vector",
+    )  # fmt: skip
+    print(json.dumps({"bare_engine": result, "filter": expr or "-"}))
+    return result
 
 
 if __name__ == "__main__":

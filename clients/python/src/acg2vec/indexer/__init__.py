@@ -2,7 +2,8 @@
 manifest, indexed through StreamIndexIllustrations.
 
 Resumable and idempotent: every acknowledged item is appended to a local journal (id + a hash of the image
-bytes and metadata), so a rerun skips what is done without sending it; what the journal misses (a kill
+bytes, metadata and the server's embedding model versions), so a rerun skips what is done without sending it
+(after a model upgrade, nothing: every item goes to the new version's collections); what the journal misses (a kill
 before the line was written, a lost journal, another machine) the server answers UNCHANGED without
 running the models, because the id's stored content hash already matches. Sharding (`--shard-index`,
 `--shard-count`) splits the ids by a stable hash, for Kubernetes Indexed Jobs.

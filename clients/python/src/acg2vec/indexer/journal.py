@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 
-def content_key(image: bytes, metadata: dict[str, Any]) -> str:
-    """What the server compares: the image bytes and the user metadata."""
+def content_key(image: bytes, metadata: dict[str, Any], models: str = "") -> str:
+    """What the server compares: the image bytes, the user metadata and the embedding model versions (`models`,
+    e.g. "illust2vec:1,acgvoc2vec:1"), so that after a model upgrade a rerun sends everything again."""
     digest = hashlib.sha256(hashlib.sha256(image).digest())
     digest.update(json.dumps(metadata, sort_keys=True, ensure_ascii=False).encode())
+    digest.update(models.encode())
     return digest.hexdigest()
 
 

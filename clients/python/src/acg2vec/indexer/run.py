@@ -76,6 +76,23 @@ class _Session:
 _END = object()
 
 
+def _png(width: int, height: int) -> bytes:
+    """A grey RGB PNG, written without an imaging library."""
+    import struct
+    import zlib
+
+    def part(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\0" + b"\x80" * (3 * width) for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + part(b"IHDR", header) + part(b"IDAT", zlib.compress(rows)) + part(b"IEND", b"")
+
+
+#: What the indexer embeds once per run to learn the image model's version.
+_TINY_PNG = _png(32, 32)
+
+
 class Indexer:
     """Streams items with at most `window` unacknowledged; reopens the stream when the server goes away."""
 
@@ -92,6 +109,8 @@ class Indexer:
         self._outstanding = 0
         self._source_done = False
         self._seen: set[str] = set()
+        #: The embedding model versions the server indexes with (part of every journal key), from `run`.
+        self.models = ""
 
     # bookkeeping
     def _tick(self) -> None:
@@ -141,7 +160,7 @@ class Indexer:
                     self._fail(item.id, f"SOURCE: {error}")
                     self._finish()
                     continue
-                key = await asyncio.to_thread(content_key, image, item.metadata())
+                key = await asyncio.to_thread(content_key, image, item.metadata(), self.models)
                 if self.journal.done.get(item.id) == key:
                     self.summary.skipped += 1
                     self._finish()
@@ -198,6 +217,7 @@ class Indexer:
     async def run(self, items: Iterator[Item]) -> Summary:
         import grpc
 
+        self.models = await self._embedding_models()
         producer = asyncio.create_task(self._produce(items))
         failures = 0
         try:
@@ -242,6 +262,20 @@ class Indexer:
                 if entry is not _END:
                     self._fail(entry.item.id, f"NOT_SENT: {self.summary.aborted}")
         return self.summary
+
+    async def _embedding_models(self) -> str:
+        """ "name:version" of the image and text models the server embeds with, asked with one tiny image and one
+        word; if it cannot tell (unreachable, no access to the feature services), a value no journal entry has:
+        everything is sent, and the server answers UNCHANGED for what it has."""
+        import grpc
+
+        try:
+            image = (await self.client.extract_image_feature(_TINY_PNG, timeout=60)).feature.model
+            text = (await self.client.extract_text_feature("illustration", timeout=60)).feature.model
+        except grpc.aio.AioRpcError as e:
+            print(f"model versions unknown ({e.code().name}): the journal skips nothing this run", file=sys.stderr)
+            return f"unknown-{random.random()}"
+        return f"{image.name}:{image.version},{text.name}:{text.version}"
 
     def _requeue(self, session: _Session) -> None:
         """Items sent on a stream that ended without their answer go out again on the next one."""
