@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -372,23 +374,61 @@ def run_count(emulators: list[Emulator]) -> list[int]:
     return [len(e.batch_sizes) for e in emulators]
 
 
+class _Dns(asyncio.DatagramProtocol):
+    """A DNS server (UDP) that answers A queries for one name with the addresses of `pods`, as Kubernetes' DNS
+    answers for a headless Service; any other name NXDOMAIN, any other type no record."""
+
+    def __init__(self, name: str, pods: list[str]):
+        self.name, self.pods = name, pods
+        self.queries: list[tuple[str, int]] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        ident, i, labels = struct.unpack(">H", data[:2])[0], 12, []
+        while data[i]:
+            labels.append(data[i + 1 : i + 1 + data[i]].decode())
+            i += 1 + data[i]
+        qtype = struct.unpack(">H", data[i + 1 : i + 3])[0]
+        name = ".".join(labels).lower()
+        self.queries.append((name, qtype))
+        known = name == self.name
+        answers = [struct.pack(">HHHIH", 0xC00C, 1, 1, 1, 4) + socket.inet_aton(ip) for ip in self.pods]
+        answers = answers if known and qtype == 1 else []  # 0xC00C: the name of the question
+        header = struct.pack(">HHHHHH", ident, 0x8180 | (0 if known else 3), 1, len(answers), 0, 0)
+        self.transport.sendto(header + data[12 : i + 5] + b"".join(answers), addr)  # type: ignore[attr-defined]
+
+
 async def test_each_call_goes_to_the_next_tfserving_pod(serving_repo, engine):
-    """The adapter's channel balances per call (round_robin service config) over every address its target resolves
-    to, as `dns:///tfserving-headless:8500` resolves to every TF-Serving pod; pick_first, gRPC's default, would
-    send every call to one of them."""
+    """The adapter's channel balances per call (round_robin service config) over every address the DNS name of its
+    target resolves to, as `dns:///tfserving-headless:8500` resolves to every TF-Serving pod (here a DNS server of
+    the test answers for a headless Service of two pods); a pod that goes away takes no further call; pick_first,
+    gRPC's default, would send every call to one pod."""
     first = await start_emulator(serving_repo, "127.0.0.1:0", backend=engine)
     second = await start_emulator(serving_repo, f"127.0.0.2:{first.port}", backend=engine)
     pods = [first, second]
-    target = f"ipv4:127.0.0.1:{first.port},127.0.0.2:{first.port}"  # two "pods" behind one name and port
+    loop = asyncio.get_running_loop()
+    dns_transport, dns = await loop.create_datagram_endpoint(
+        lambda: _Dns("tfserving-headless.acg2vec.test", ["127.0.0.1", "127.0.0.2"]), local_addr=("127.0.0.1", 0)
+    )
+    dns_port = dns_transport.get_extra_info("sockname")[1]
+    target = f"dns://127.0.0.1:{dns_port}/tfserving-headless.acg2vec.test:{first.port}"  # dns:///: the pod's DNS
     backend = TFServingBackend(target)
     options = dict(channel_options(1 << 20))
     assert json.loads(str(options["grpc.service_config"])) == {"loadBalancingConfig": [{"round_robin": {}}]}
     x = {"x": np.zeros([1, 1], np.int64)}
     try:
-        await backend.ping()
+        for _ in range(50):  # until both connections are up (calls go to the ready ones meanwhile)
+            await backend.predict("rules", x, "echo")
+            if min(run_count(pods)) > 0:
+                break
+        before = run_count(pods)
         for _ in range(6):
             await backend.predict("rules", x, "echo")
-        assert run_count(pods) == [3, 3]
+        assert [b - a for a, b in zip(before, run_count(pods), strict=True)] == [3, 3]  # each call to the next pod
+        assert ("tfserving-headless.acg2vec.test", 1) in dns.queries
+        before = run_count(pods)
         del options["grpc.service_config"]
         async with grpc.aio.insecure_channel(target, options=list(options.items())) as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
@@ -397,9 +437,15 @@ async def test_each_call_goes_to_the_next_tfserving_pod(serving_repo, engine):
             request.inputs["x"].CopyFrom(tf.make_tensor_proto(x["x"]))
             for _ in range(6):
                 await stub.Predict(request, timeout=30)
-        assert sorted(run_count(pods)) == [3, 9]  # pick_first: one pod took them all
+        assert sorted(b - a for a, b in zip(before, run_count(pods), strict=True)) == [0, 6]  # pick_first: one pod
+        await first.stop(0)  # a pod goes away: the next calls go to the other one
+        before = run_count(pods)[1]
+        for _ in range(4):
+            await backend.predict("rules", x, "echo")
+        assert run_count(pods)[1] == before + 4
     finally:
         await backend.close()
+        dns_transport.close()
         for pod in pods:
             await pod.stop(0)
 
