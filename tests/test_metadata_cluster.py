@@ -4,6 +4,7 @@ on the cluster with real models and Milvus Lite."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import numpy as np
@@ -16,6 +17,7 @@ from acg2vec_server.app import Application
 from acg2vec_server.backends.embedded_redis import EmbeddedRedis
 from acg2vec_server.backends.milvus import MilvusVectorStore
 from acg2vec_server.backends.redis import RedisMetadataStore
+from acg2vec_server.domain.errors import BackendUnavailable
 from acg2vec_server.domain.illustrations.indexing import IndexItem
 from acg2vec_server.domain.illustrations.search import Query
 from acg2vec_server.domain.types import IllustrationMetadata, SearchFilter, VectorRow
@@ -42,6 +44,35 @@ async def store(request, redis_server: EmbeddedRedis, redis_cluster: RedisCluste
         s = RedisMetadataStore(redis_cluster.url, prefix=prefix, cluster=True)
     yield s
     await s.close()
+
+
+async def test_after_every_node_restarts_the_cluster_re_forms_and_the_store_carries_on(tmp_path):
+    """Every node restarts at once (in Kubernetes: every Tendis pod, each with a new IP; Tendis with domain-enabled
+    keeps the nodes' DNS names, as these nodes keep their addresses): the nodes re-form the cluster by themselves,
+    and the server's cluster client finds it again: what was written before is read after, and writes go on. A call
+    made while the nodes are down fails as an outage (UNAVAILABLE), not with a crash."""
+    cluster = RedisCluster(tmp_path, nodes=3)
+    cluster.start()
+    store = RedisMetadataStore(cluster.url, prefix="restart:v1", cluster=True)
+    try:
+        ids = [f"ill/{i}" for i in range(12)]
+        await store.put_many([record(id, seed=i) for i, id in enumerate(ids)])
+        cluster.stop()
+        with pytest.raises(BackendUnavailable):
+            await store.get("ill/1")
+        cluster.restart()
+        for _ in range(50):  # the client reconnects and re-reads the slot map on its next calls
+            try:
+                got = await store.get_many(ids)
+                break
+            except BackendUnavailable:
+                await asyncio.sleep(0.1)
+        assert sorted(got) == sorted(ids)
+        await store.put(record("ill/after", seed=99))
+        assert (await store.get("ill/after")) is not None and await store.count() == 13
+    finally:
+        await store.close()
+        cluster.stop()
 
 
 def test_every_cluster_node_refuses_what_tendis_lacks(redis_cluster: RedisCluster):

@@ -25,7 +25,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from acg2vec_server.domain.errors import BackendUnavailable
@@ -157,7 +157,8 @@ class RedisMetadataStore:
         try:
             async with self._slots:
                 return await coro
-        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+        except (RedisConnectionError, RedisTimeoutError, OSError, RedisClusterException) as e:
+            # RedisClusterException (not a RedisError): no node of the cluster answers, e.g. while all restart
             raise BackendUnavailable(
                 self.name, f"metadata store (Redis protocol) at {self.url} is unreachable: {e}; retry later"
             ) from None
@@ -249,7 +250,7 @@ class RedisMetadataStore:
         try:
             async for key in self._redis.scan_iter(match=f"{self.prefix}:ill:*", count=1000):
                 found.add(key.decode()[start:-1])
-        except (RedisError, OSError) as e:
+        except (RedisError, OSError, RedisClusterException) as e:
             raise BackendUnavailable(self.name, f"metadata store scan failed: {e}; retry later") from None
         return found
 
