@@ -209,10 +209,11 @@ class _Queue:
             for index, answer in enumerate(_split(outputs, [t.size for t in batch], padded)):
                 if not batch[index].done.done():
                     batch[index].done.set_result((answer, version))
-        except ServingError as e:
-            for task in batch:  # one run for the whole batch: its error is every call's (batching_session.cc)
+        except Exception as e:  # one run for the whole batch: its error is every call's (batching_session.cc)
+            error = e if isinstance(e, ServingError) else ServingError(grpc.StatusCode.INTERNAL, f"{e}")
+            for task in batch:
                 if not task.done.done():
-                    task.done.set_exception(e)
+                    task.done.set_exception(error)
         finally:
             self.emulator.threads.release()
             self.emulator.running.discard(asyncio.current_task())  # type: ignore[arg-type]
