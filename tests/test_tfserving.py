@@ -450,6 +450,38 @@ async def test_each_call_goes_to_the_next_tfserving_pod(serving_repo, engine):
             await pod.stop(0)
 
 
+async def test_a_tfserving_pod_added_later_gets_calls_after_the_connection_age(serving_repo, engine):
+    """TF-Serving ends connections at its max_connection_age (the deployment's --grpc_channel_arguments); the
+    server's channel then resolves the name again and finds a pod added since, without a failed call."""
+    age = [("grpc.max_connection_age_ms", 300), ("grpc.max_connection_age_grace_ms", 5000)]
+    first = await start_emulator(serving_repo, "127.0.0.1:0", backend=engine, channel_arguments=age)
+    second = await start_emulator(serving_repo, f"127.0.0.2:{first.port}", backend=engine, channel_arguments=age)
+    pods = [first, second]
+    loop = asyncio.get_running_loop()
+    dns_transport, dns = await loop.create_datagram_endpoint(
+        lambda: _Dns("tfserving-headless.acg2vec.test", ["127.0.0.1"]), local_addr=("127.0.0.1", 0)
+    )
+    backend = TFServingBackend(
+        f"dns://127.0.0.1:{dns_transport.get_extra_info('sockname')[1]}/tfserving-headless.acg2vec.test:{first.port}"
+    )
+    x = {"x": np.zeros([1, 1], np.int64)}
+    try:
+        for _ in range(3):
+            await backend.predict("rules", x, "echo")
+        assert run_count(pods) == [3, 0]
+        dns.pods.append("127.0.0.2")  # scaled up: the headless Service now answers with two pods
+        deadline = loop.time() + 20
+        while run_count(pods)[1] == 0 and loop.time() < deadline:
+            await backend.predict("rules", x, "echo")  # every call answers meanwhile
+            await asyncio.sleep(0.05)
+        assert run_count(pods)[1] > 0, "the new pod got no call"
+    finally:
+        await backend.close()
+        dns_transport.close()
+        for pod in pods:
+            await pod.stop(0)
+
+
 @pytest.mark.parametrize("age_s", [0.3, 0])
 async def test_server_connections_end_at_their_max_age(age_s):
     """The other side of per-call balancing: the acg2vec server ends each client connection after

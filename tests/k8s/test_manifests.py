@@ -558,6 +558,14 @@ BREAKAGES = [
         "raise max_enqueued_batches",
     ),
     (
+        "tfserving",
+        "prod",
+        lambda d: _container(d, "Deployment", "tfserving")["args"].remove(
+            "--grpc_channel_arguments=grpc.max_connection_age_ms=300000,grpc.max_connection_age_grace_ms=60000"
+        ),
+        "never use a pod added later",
+    ),
+    (
         "backends",
         "prod",
         lambda d: _set_config(d, "ACG2VEC_TFSERVING_TARGET", "tfserving:8500"),

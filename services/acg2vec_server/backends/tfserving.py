@@ -26,8 +26,13 @@ from acg2vec_server.telemetry.backend_calls import instrumented
 
 #: Per-call balancing: round_robin keeps a connection to every address the target resolves to (with
 #: `dns:///tfserving-headless:8500`, every TF-Serving pod) and sends each call to the next one; the default
-#: pick_first would send every call of this replica to one pod. The resolver looks again when a connection drops.
+#: pick_first would send every call of this replica to one pod. The resolver looks again when a connection ends:
+#: a pod going away, or TF-Serving's own max_connection_age (k8s: --grpc_channel_arguments), which is how a pod
+#: added later is found.
 SERVICE_CONFIG = {"loadBalancingConfig": [{"round_robin": {}}]}
+#: The DNS resolver's floor between two resolutions (gRPC's default is 30 s): a connection that ends is followed by
+#: a fresh look at the pods within a second.
+DNS_MIN_RESOLUTION_INTERVAL_MS = 1000
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, object]]:
@@ -38,6 +43,7 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, object]]:
         ("grpc.initial_reconnect_backoff_ms", 200),
         ("grpc.max_reconnect_backoff_ms", 2000),
         ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
+        ("grpc.dns_min_time_between_resolutions_ms", DNS_MIN_RESOLUTION_INTERVAL_MS),
     ]
 
 

@@ -53,7 +53,7 @@ import contextlib
 import re
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -425,16 +425,22 @@ async def start_emulator(
     threads: int = 2,
     batching: BatchingParameters | None = DEFAULT_BATCHING,
     backend: InProcessBackend | None = None,
+    channel_arguments: Sequence[tuple[str, int | str]] = (),
 ) -> Emulator:
     """Loads every model of the repository (as tensorflow_model_server does before it serves), then starts
     the emulator on address, with TF-Serving's batching (`--enable_batching`) unless batching is None.
-    `backend` (an in-process backend of the same repository, e.g. a test's) saves loading the models again."""
+    `backend` (an in-process backend of the same repository, e.g. a test's) saves loading the models again;
+    `channel_arguments` go to the gRPC server, as tensorflow_model_server's `--grpc_channel_arguments` do."""
     if backend is None:
         backend = InProcessBackend(root, threads=max(threads, batching.num_batch_threads if batching else 0))
     for name in repository.model_names(root):
         await backend.describe(name)
     server = grpc.aio.server(
-        options=[("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+        options=[
+            ("grpc.max_send_message_length", 64 << 20),
+            ("grpc.max_receive_message_length", 64 << 20),
+            *channel_arguments,
+        ]
     )
     scheduler = _Batching(backend, batching) if batching is not None else None
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_PredictionService(backend, scheduler), server)

@@ -49,6 +49,14 @@ def check_tfserving(docs: list[dict]) -> list[str]:
     config_file = arg_value(args, "--model_config_file")
     if arg_value(args, "--enable_batching") != "true":
         problems.append("TF-Serving: batching is not enabled")
+    channel_arguments = dict(
+        a.split("=", 1) for a in (arg_value(args, "--grpc_channel_arguments") or "").split(",") if "=" in a
+    )
+    if "grpc.max_connection_age_ms" not in channel_arguments:
+        problems.append(
+            "TF-Serving: set --grpc_channel_arguments=grpc.max_connection_age_ms=...: without it the servers' "
+            "round_robin channels never resolve the headless Service again and never use a pod added later"
+        )
     hit = mount_of(pod, c, config_file or "/nonexistent")
     if hit is None or not (hit[1] or {}).get("persistentVolumeClaim"):
         problems.append(f"TF-Serving: --model_config_file {config_file} is not on the model repository volume")
