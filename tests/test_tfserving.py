@@ -263,7 +263,8 @@ async def test_tfserving_path_matches_in_process(serving_repo, engine):
     """Each call through TF-Serving's path (concurrent calls merged into batches, token ids padded across calls)
     answers what the in-process backend answers for that call alone."""
     server = await start_emulator(serving_repo, batching=MERGING, backend=engine)
-    remote, local = TFServingBackend(f"127.0.0.1:{server.port}"), engine
+    # correctness, not speed: a busy machine may take long over the first runs of each model
+    remote, local = TFServingBackend(f"127.0.0.1:{server.port}", timeout_s=300), engine
     try:
         for model in ("tagger", "illust2vec", "deepix", "acgvoc2vec", "tokens"):
             assert await remote.describe(model) == await local.describe(model)
