@@ -192,6 +192,14 @@ async def test_tfserving_rules_with_its_codes_and_texts(emulator):
     assert code == grpc.StatusCode.NOT_FOUND and details.startswith("Servable not found for request: Latest(no-such")
     answer = await predict(port, "rules", "echo", x=np.arange(6).reshape(2, 3))  # what passes the rules runs
     assert tf.make_ndarray(answer.outputs["x"]).tolist() == [[0, 1, 2], [3, 4, 5]]
+    remote = TFServingBackend(f"127.0.0.1:{port}")  # a specific version (model_spec.version), as a pinned model asks
+    try:
+        assert (await remote.predict("rules@1", {"x": np.zeros([1, 1], np.int64)}, "echo"))[1] == 1
+        assert (await remote.describe("rules@1")).version == 1
+        with pytest.raises(ModelNotInstalled, match=r"Servable not found for request: Specific\(rules, 7\)"):
+            await remote.predict("rules@7", {"x": np.zeros([1, 1], np.int64)}, "echo")
+    finally:
+        await remote.close()
 
 
 async def test_batches_merge_pad_and_fail_together(serving_repo, engine):

@@ -9,8 +9,10 @@ Predict, always (tensorflow_serving/servables/tensorflow/predict_util.cc):
   P1  an unknown signature: FAILED_PRECONDITION `Serving signature key "<name>" not found.`
   P2  more inputs than the signature has, or fewer (no defaults): INVALID_ARGUMENT `input size does not match
       signature: ...` (VerifyRequestInputsSize)
-  P3  an unknown model: NOT_FOUND `Servable not found for request: Latest(<name>)`
-      (tensorflow_serving/core/basic_manager.cc)
+  P3  an unknown model, or a version not served: NOT_FOUND `Servable not found for request: Latest(<name>)` or
+      `Specific(<name>, <version>)` (tensorflow_serving/core/basic_manager.cc, manager.h). A request naming a
+      version (model_spec.version) gets that version when the repository has it (as with a model_version_policy
+      that keeps it; the emulator does not read the policy)
 
 With batching on (`--enable_batching`, the deployment's setting and this emulator's default), every Predict goes
 through a batch scheduler: TF-Serving wraps each model's session with a BatchingSession whose default scheduler
@@ -63,6 +65,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
+    model_pb2,
     predict_pb2,
     prediction_service_pb2_grpc,
 )
@@ -70,7 +73,7 @@ from tensorflow_serving.apis import (
 from acg2vec_models import repository
 from acg2vec_server.backends.inprocess import InProcessBackend
 from acg2vec_server.backends.signatures import read_signature_defs
-from acg2vec_server.domain.ports import InferenceInputError, ModelNotInstalled
+from acg2vec_server.domain.ports import InferenceInputError, ModelDescription, ModelNotInstalled
 
 
 @dataclass(frozen=True)
@@ -322,20 +325,29 @@ class _Batching:
                 await task
 
 
+def _model(spec: model_pb2.ModelSpec) -> str:
+    """The backend's name for the servable a ModelSpec asks for: `name`, or `name@version` for a specific one."""
+    return f"{spec.name}@{spec.version.value}" if spec.HasField("version") else spec.name
+
+
+async def _describe(backend: InProcessBackend, spec: model_pb2.ModelSpec) -> ModelDescription:
+    """The servable's description, or NOT_FOUND as TF-Serving words it (core/manager.h, ServableRequest)."""
+    try:
+        return await backend.describe(_model(spec))
+    except ModelNotInstalled as e:
+        request = f"Specific({spec.name}, {spec.version.value})" if spec.HasField("version") else f"Latest({spec.name})"
+        raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {request}: {e}") from None
+
+
 class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, backend: InProcessBackend, batching: _Batching | None):
         self.backend = backend
         self.batching = batching
 
     async def _predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
-        name = request.model_spec.name
+        name, model = request.model_spec.name, _model(request.model_spec)
         signature = request.model_spec.signature_name or "serving_default"
-        try:
-            description = await self.backend.describe(name)
-        except ModelNotInstalled as e:
-            raise ServingError(
-                grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({name}): {e}"
-            ) from None
+        description = await _describe(self.backend, request.model_spec)
         info = description.signatures.get(signature)
         if info is None:  # predict_util.cc, RunPredict (P1)
             raise ServingError(grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{signature}" not found.')
@@ -349,10 +361,10 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             )
         inputs: dict[str, np.ndarray] = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
         if self.batching is not None:
-            outputs, version = await self.batching.run(name, inputs, signature)
+            outputs, version = await self.batching.run(model, inputs, signature)
         else:
             try:
-                outputs, version = await self.backend.predict(name, inputs, signature)
+                outputs, version = await self.backend.predict(model, inputs, signature)
             except ModelNotInstalled as e:
                 raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {e}") from None
             except (InferenceInputError, TypeError, ValueError) as e:
@@ -379,9 +391,9 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     ) -> get_model_metadata_pb2.GetModelMetadataResponse:
         name = request.model_spec.name
         try:
-            description = await self.backend.describe(name)
-        except ModelNotInstalled as e:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({name}): {e}")
+            description = await _describe(self.backend, request.model_spec)
+        except ServingError as e:
+            await context.abort(e.code, e.message)
         defs = get_model_metadata_pb2.SignatureDefMap()
         for key, value in read_signature_defs(self.backend.root / name / str(description.version)).items():
             defs.signature_def[key].CopyFrom(value)
