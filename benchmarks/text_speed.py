@@ -6,6 +6,9 @@ embedded stores); torch: the sentence-transformers model in PyTorch, for referen
 bangumi-data titles (zh / ja / en mixed).
 
     .venv/bin/python benchmarks/text_speed.py --repository var/models
+
+The service-vs-in-process ratios of issue 16 (separate server process, alternating rounds in one run) come from
+benchmarks/features_speed.py --kind text; this script keeps the torch reference.
 """
 
 from __future__ import annotations

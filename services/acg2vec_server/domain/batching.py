@@ -183,14 +183,27 @@ class _ModelQueue:
                 continue
             self.running += 1
             # in the context of the batch's first request, not the worker's (a copy of whichever request created
-            # the queue): the model call is then part of that request's trace
-            task = asyncio.create_task(self._run(batch), context=batch[0].context.copy())
-            task.add_done_callback(self._finished)
+            # the queue): the model call is then part of that request's trace. The model's slot is freed as soon
+            # as the model has answered, before the requests' answers are built, so that the next batch runs while
+            # the event loop turns this one's outputs into responses (issue 16); on any other ending (failure,
+            # cancellation) when the task is done, as before.
+            release = self._releaser()
+            task = asyncio.create_task(self._run(batch, release), context=batch[0].context.copy())
+            task.add_done_callback(release)
             self._cancel_when_abandoned(batch, task)
 
-    def _finished(self, _: asyncio.Task[None]) -> None:
-        self.running -= 1
-        self.slots.release()
+    def _releaser(self) -> Callable[..., None]:
+        """Frees one running batch's slot, once however often it is called (also as a done callback)."""
+        freed = False
+
+        def release(_: object = None) -> None:
+            nonlocal freed
+            if not freed:
+                freed = True
+                self.running -= 1
+                self.slots.release()
+
+        return release
 
     @staticmethod
     def _cancel_when_abandoned(batch: list[_Job], task: asyncio.Task[None]) -> None:
@@ -201,7 +214,9 @@ class _ModelQueue:
         for job in batch:
             job.future.add_done_callback(check)
 
-    async def _run(self, jobs: list[_Job]) -> None:
+    async def _run(self, jobs: list[_Job], model_done: Callable[..., None] = lambda: None) -> None:
+        """Runs jobs as one model call and settles their futures; `model_done` is called once the model has
+        answered successfully, before the futures are settled (a refused batch is split and run again first)."""
         jobs = [job for job in jobs if not job.future.done()]
         if not jobs:
             return
@@ -226,14 +241,16 @@ class _ModelQueue:
                 _settle(job, error=e)
             return
         if len(jobs) == 1:
+            model_done()
             _settle(jobs[0], result=(outputs, version))
             return
         if any(np.ndim(v) == 0 or np.shape(v)[0] != total for v in outputs.values()):
             log.warning("model %s/%s answers without a batch axis: running its requests one by one", *self.key)
             self.splittable = False
-            for job in jobs:
+            for job in jobs:  # still holding the model's slot
                 await self._run([job])
             return
+        model_done()
         start = 0
         for job in jobs:
             _settle(job, result=({k: v[start : start + job.size] for k, v in outputs.items()}, version))

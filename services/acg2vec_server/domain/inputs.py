@@ -85,21 +85,24 @@ def intact(im: Image.Image, data: bytes) -> None:
 
 
 def _first_scan(data: bytes) -> int:
-    """Offset of the first start-of-scan marker's segment in a JPEG (its header segments walked by length)."""
+    """Offset of the first start-of-scan marker in a JPEG (its header segments walked by length, as Pillow reads
+    them: fill bytes 0xFF and stray 0x00 after a marker's 0xFF are skipped)."""
     pos = 2
-    while pos + 4 <= len(data):
+    while pos < len(data):
         if data[pos] != 0xFF:
             raise SyntaxError("broken JPEG marker structure")
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
+        pos += 1
+        while pos < len(data) and data[pos] in (0xFF, 0x00):
             pos += 1
-            continue
+        if pos >= len(data):
+            break
+        marker = data[pos]
         if marker == 0xDA:
             return pos
         if marker in (0x01, *range(0xD0, 0xD8)):  # standalone markers carry no length
-            pos += 2
+            pos += 1
             continue
-        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+        pos += 1 + int.from_bytes(data[pos + 1 : pos + 3], "big")
     raise OSError("image file is truncated (no scan)")
 
 
