@@ -88,6 +88,7 @@ async def assert_one_version_per_collection(uri: str, base: str, embeddings: dic
         await store.close()
 
 
+@pytest.mark.timeout(900)  # three servers and four CLI runs: minutes on a busy 2-core machine
 async def test_upgrade_keeps_spaces_apart(tmp_path, model_repo, redis_server: EmbeddedRedis, milvus_uri: str):
     if not milvus_uri.startswith("http"):
         pytest.skip(
