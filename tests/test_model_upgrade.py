@@ -167,7 +167,7 @@ def test_standalone_server_stops_without_strays(tmp_path):
     server = MilvusStandalone(tmp_path / "m", bin_dir=ROOT / ".cache" / "milvus-bin")
     server.start()
     pid = server.pid
-    assert pid is not None and server.pid_file.read_text().strip() == str(pid)
+    assert pid is not None and server.pid_file.read_text().split() == [str(pid), str(server.port)]
     server.stop()
     assert group_members(pid) == [], "processes of the server's group are left"
     assert not server.pid_file.exists()

@@ -125,7 +125,8 @@ class MilvusVectorStore:
         self._reload = False
         self.bound: dict[Space, ModelRef] = {}
         self._names: dict[Space, str] = {}
-        self._known: set[str] = set()  # collections seen to exist (created or described), with their index type
+        self._known: set[str] = set()
+        self._aliases_seen: set[str] = set()  # collections seen to exist (created or described), with their index type
         self.active_index_type = index_type
         self._deleted_at = -STRONG_AFTER_DELETE_S
         self._upserts: list[tuple[list[VectorRow], asyncio.Future[None]]] = []
@@ -223,10 +224,18 @@ class MilvusVectorStore:
         return {}
 
     def _alias_target(self, client: Any, alias: str) -> str | None:
-        """The collection an alias names, None if there is no such alias. (Asked of each of this deployment's
-        collections: describe_alias answers a missing alias with an error that pymilvus logs on stderr.)"""
+        """The collection an alias names, None if there is no such alias. An alias seen before is described (one
+        call, every health probe); otherwise each of this deployment's collections is asked for its aliases, because
+        describe_alias answers a missing alias with an error that pymilvus logs on stderr."""
+        if alias in self._aliases_seen:
+            with contextlib.suppress(Exception):  # dropped meanwhile: look again below
+                target = client.describe_alias(alias).get("collection_name")
+                if target:
+                    return target
+            self._aliases_seen.discard(alias)
         for name in client.list_collections():
             if parse_collection(self.base, name) is not None and alias in client.list_aliases(name)["aliases"]:
+                self._aliases_seen.add(alias)
                 return name
         return None
 
