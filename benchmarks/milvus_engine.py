@@ -12,7 +12,7 @@ mixture (another seed); ground truth: exact cosine top-10 over all N in NumPy (w
 Each client is a thread with its own MilvusClient (a dedicated gRPC connection); the latencies include
 pymilvus's request encoding and result decoding, as the service's own calls would.
 
-    .venv/bin/pip install milvus==2.3.5    # the embedded server (once; not a project dependency)
+    .venv/bin/pip install -e '.[standalone]'    # the embedded server (scripts/setup.sh installs it)
     .venv/bin/python benchmarks/milvus_engine.py --n 100000
     .venv/bin/python benchmarks/milvus_engine.py --n 1000000 --seconds 20
     .venv/bin/python benchmarks/milvus_engine.py --n 1000000 --ef 64    # a rerun reuses the loaded collection
@@ -48,7 +48,7 @@ COLLECTION = "acg2vec_engine_bench"
 VECTOR = "image_vector"
 INDEX = "image_vector_hnsw"
 FILTER = "rating in [1, 2]"
-INSTALL = ".venv/bin/pip install milvus==2.3.5"
+INSTALL = ".venv/bin/pip install -e '.[standalone]'"
 
 
 def rating(ids: np.ndarray) -> np.ndarray:

@@ -175,3 +175,45 @@ async def test_milvus_versions_never_share_a_collection(milvus_uri: str):
 def test_filter_expression_escapes_user_values():
     expr = filter_expression(SearchFilter(ratings=["explicit"], required_tags=['a"b\\'], fields={"k": 'x" or id != "'}))
     assert expr == 'rating in [4] and array_contains_all(tags, ["a\\"b\\\\"]) and fields["k"] == "x\\" or id != \\""'
+
+
+async def test_calls_to_a_milvus_server_run_concurrently(milvus_uri: str):
+    """Searches on a Milvus server overlap (a bounded pool, `milvus_concurrency`); Milvus Lite takes one at a time."""
+    import asyncio
+    import threading
+
+    class Counting(MilvusVectorStore):
+        """The store, counting the Milvus calls in progress at once."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.now = self.most = 0
+            self.lock = threading.Lock()
+
+        async def _run(self, fn, *args, **kwargs):
+            def counted(client, *a, **k):
+                with self.lock:
+                    self.now += 1
+                    self.most = max(self.most, self.now)
+                try:
+                    return fn(client, *a, **k)
+                finally:
+                    with self.lock:
+                        self.now -= 1
+
+            return await super()._run(counted, *args, **kwargs)
+
+    store = Counting(milvus_uri, "concurrent", index_type="FLAT", concurrency=4)
+    try:
+        await store.bind(IMAGE, 8, TEXT, 4)
+        rows = rows_of(40)
+        await store.upsert(rows)
+        store.most = 0
+        hits = await asyncio.gather(*(store.search("image", r.image_vector, 5, 0, SearchFilter()) for r in rows))
+        assert [h[0].id for h in hits] == [r.id for r in rows]
+        if store.is_lite:
+            assert store.most == 1
+        else:
+            assert store.concurrency == 4 and store.most > 1, store.most
+    finally:
+        await store.close()

@@ -11,6 +11,7 @@ server start once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -35,21 +36,30 @@ ACKED: set[str] = set()
 FAST_S = 10.0
 
 
-@pytest_asyncio.fixture(scope="module")
-async def rig(tmp_path_factory: pytest.TempPathFactory, model_repo) -> AsyncIterator[Rig]:
-    settings = {
-        "ACG2VEC_INFERENCE_CONCURRENCY": "1", "ACG2VEC_INFERENCE_QUEUE_ITEMS": "16", "ACG2VEC_BATCH_MAX_SIZE": "8",
-        "ACG2VEC_MAX_BATCH_SIZE": "8", "ACG2VEC_GRACE_PERIOD_S": "3",
-    }  # fmt: skip
-    root = tmp_path_factory.mktemp("rig")
+SETTINGS = {
+    "ACG2VEC_INFERENCE_CONCURRENCY": "1", "ACG2VEC_INFERENCE_QUEUE_ITEMS": "16", "ACG2VEC_BATCH_MAX_SIZE": "8",
+    "ACG2VEC_MAX_BATCH_SIZE": "8", "ACG2VEC_GRACE_PERIOD_S": "3",
+}  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def started_rig(tmp_path_factory: pytest.TempPathFactory, model_repo, milvus_engine: str) -> AsyncIterator[Rig]:
+    root = tmp_path_factory.mktemp(f"rig-{milvus_engine}")
     # the models the load uses (TF-Serving loads every model it serves before it answers: fewer start faster)
     models = copy_repository(model_repo, root / "models", only=["tagger", "illust2vec", "acgvoc2vec"])
-    rig = Rig(root, models, settings)
+    rig = Rig(root, models, SETTINGS, milvus_engine=milvus_engine)
     try:
         await rig.start()
         yield rig
     finally:
         await rig.stop()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def rig(tmp_path_factory: pytest.TempPathFactory, model_repo) -> AsyncIterator[Rig]:
+    """Milvus Lite's server process under the acg2vec server: every test of the module."""
+    async with started_rig(tmp_path_factory, model_repo, "lite") as rig:
+        yield rig
 
 
 @pytest_asyncio.fixture
@@ -103,6 +113,29 @@ async def test_vector_store_killed_under_load(rig: Rig, channel: grpc.aio.Channe
         assert await health(channel, TAGGING, timeout=5) == SERVING
     check(fault, broken, unaffected=("TagImage", "GetIllustration"))
     await check_no_write_lost(channel, load)
+
+
+async def test_milvus_standalone_server_killed_under_load(tmp_path_factory, model_repo):
+    """The same vector store fault on the Milvus standalone server (a rig of its own; the other faults do not
+    depend on the vector engine and run once, on Milvus Lite's server)."""
+    async with (
+        started_rig(tmp_path_factory, model_repo, "standalone") as rig,
+        grpc.aio.insecure_channel(rig.server.target) as channel,
+    ):
+        load = Load(rig.server.target)
+        broken = ("IndexIllustration", "Search")
+        async with load.running():
+            await load.wait_for("IndexIllustration", OK, after=0)
+            fault = await outage(
+                "Milvus standalone server", load, channel, rig.milvus.kill, rig.milvus.start, broken,
+                services=(SEARCH, ""),
+            )  # fmt: skip
+            assert await health(channel, TAGGING, timeout=5) == SERVING
+        check(fault, broken, unaffected=("TagImage", "GetIllustration"))
+        assert load.acked, "no write was acknowledged"
+        got, found = await stored_ids(channel, load.acked)
+        assert not load.acked - got, f"acknowledged but gone: {sorted(load.acked - got)[:10]}"
+        assert not load.acked - found, f"acknowledged but not searchable: {sorted(load.acked - found)[:10]}"
 
 
 async def test_inference_server_killed_under_load(rig: Rig, channel: grpc.aio.Channel):

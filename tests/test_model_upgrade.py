@@ -21,7 +21,6 @@ from acg2vec.v1 import image_feature_pb2, search_pb2
 from acg2vec_server.app import Application
 from acg2vec_server.backends.embedded_redis import EmbeddedRedis
 from acg2vec_server.backends.milvus import MilvusVectorStore
-from acg2vec_server.backends.milvus_standalone import MilvusStandalone
 from acg2vec_server.cli.main import main
 from acg2vec_testing.images import image_bytes
 from acg2vec_testing.model_repository import copy_repository, models_fingerprint
@@ -88,6 +87,7 @@ async def assert_one_version_per_collection(uri: str, base: str, embeddings: dic
         await store.close()
 
 
+@pytest.mark.timeout(900)  # three servers and four CLI runs: minutes on a busy 2-core machine
 async def test_upgrade_keeps_spaces_apart(tmp_path, model_repo, redis_server: EmbeddedRedis, milvus_uri: str):
     if not milvus_uri.startswith("http"):
         pytest.skip(
@@ -161,15 +161,24 @@ async def test_upgrade_keeps_spaces_apart(tmp_path, model_repo, redis_server: Em
         assert dropped.exit_code == 0, dropped.output
 
 
-def test_standalone_server_stops_without_strays(tmp_path):
-    """The server runs in its own process group with its own pid file, and stop leaves no process behind."""
-    server = MilvusStandalone(tmp_path / "m", bin_dir=ROOT / ".cache" / "milvus-bin")
-    server.start()
-    pid = server.pid
-    assert pid is not None and server.pid_file.read_text().strip() == str(pid)
-    server.stop()
-    assert group_members(pid) == [], "processes of the server's group are left"
-    assert not server.pid_file.exists()
+async def test_serve_starts_and_stops_its_own_milvus_server(tmp_path, model_repo, redis_server: EmbeddedRedis):
+    """`acg2vec serve --milvus-standalone`: the server starts the Milvus standalone server with its data under the
+    data dir (its own process group and pid file), serves search on it, and leaves no process behind at stop."""
+    settings = make_settings(
+        tmp_path / "var", model_repo, redis_server.url, milvus_standalone=True, redis_key_prefix="own-milvus:v1",
+        milvus_standalone_port=0,
+    )  # fmt: skip
+    async with server(settings) as (app, stubs):
+        milvus = app.core.milvus_standalone
+        assert milvus is not None and milvus.base_dir == (tmp_path / "var" / "milvus-standalone").resolve()
+        pid = milvus.pid
+        assert pid is not None and milvus.pid_file.read_text().split() == [str(pid), str(milvus.port)]
+        await stubs.search.IndexIllustration(search_pb2.IndexIllustrationRequest(id="up-0", image=picture("up-0")))
+        assert await top_hit(stubs, "up-0") == ("up-0", pytest.approx(1.0, abs=1e-4), 1)
+    assert group_members(pid) == [], "processes of the Milvus server's group are left"
+    assert not milvus.pid_file.exists()
+    with pytest.raises(ValueError, match="milvus_standalone"):
+        make_settings(tmp_path / "x", model_repo, redis_server.url, milvus_standalone=True, milvus_uri="http://h:1")
 
 
 def group_members(pgid: int) -> list[str]:

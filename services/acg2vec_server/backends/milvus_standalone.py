@@ -53,6 +53,13 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def _is_ours(pid: int, exe: Path) -> bool:
     with contextlib.suppress(OSError):
         return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace") == str(exe)
@@ -163,12 +170,21 @@ class MilvusStandalone:
         return config
 
     def stop_stale(self) -> None:
-        """Stops a server of this data dir left by a process that died without stopping it (its pid file)."""
-        with contextlib.suppress(OSError, ValueError):
-            pid = int(self.pid_file.read_text().split()[0])
-            if _alive(pid) and _is_ours(pid, self.exe):
-                log.warning("stopping a stale Milvus standalone server of %s (pid %d)", self.base_dir, pid)
-                self._kill_group(pid, grace_s=5)
+        """Stops a server of this data dir left by a process that died without stopping it (its pid file; such a
+        server was handed to init). One whose owner still runs is in use: refused, with its URI."""
+        try:
+            pid, port = (int(v) for v in self.pid_file.read_text().split()[:2])
+        except (OSError, ValueError):
+            pid = port = 0
+        if pid and _alive(pid) and _is_ours(pid, self.exe):
+            owner = _parent(pid)
+            if owner not in (0, 1):
+                raise StandaloneUnavailable(
+                    f"a Milvus standalone server of {self.base_dir} is running (pid {pid}, owned by pid {owner}); "
+                    f"use it (ACG2VEC_MILVUS_URI=http://127.0.0.1:{port}) or stop its owner first"
+                )
+            log.warning("stopping a stale Milvus standalone server of %s (pid %d)", self.base_dir, pid)
+            self._kill_group(pid, grace_s=5)
         self.pid_file.unlink(missing_ok=True)
 
     def start(self) -> None:
@@ -183,7 +199,7 @@ class MilvusStandalone:
                 [str(self.exe), "run", "standalone", f"--alias={self.alias}"],
                 cwd=self.base_dir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
-        self.pid_file.write_text(f"{self.process.pid}\n")
+        self.pid_file.write_text(f"{self.process.pid} {self.port}\n")
         log.info("Milvus standalone server starting (pid %d, %s, data %s)", self.process.pid, self.uri, self.base_dir)
         try:
             self._wait_ready()

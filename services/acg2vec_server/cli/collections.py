@@ -33,12 +33,20 @@ def _run(settings: Any, work: Any) -> Any:
         raise click.ClickException(e.message) from None
 
 
-async def _newest(core: Any, space: str) -> Any:
-    """The configured model of a space at its newest installed version."""
+async def _newest(core: Any, settings: Any, space: str) -> Any:
+    """The configured model of a space at its newest installed version (in-process: from the repository's folders,
+    without loading TensorFlow; TF-Serving: what it serves)."""
+    from acg2vec_models import repository
+    from acg2vec_server.domain.errors import FailedPrecondition
     from acg2vec_server.domain.types import ModelRef
 
     models = core.domain.models
     name = models.image_name if space == "image" else models.text_name
+    if settings.inference_backend == "inprocess":
+        version = repository.latest_version(settings.models_root, name)
+        if version is None:
+            raise FailedPrecondition(f"no version of {name} under {settings.models_root}; install one first")
+        return ModelRef(name, version)
     return ModelRef(name, (await models.describe(name)).version)
 
 
@@ -63,7 +71,7 @@ def status(**overrides: Any) -> None:
             click.echo(f"{c.name:<60} {c.space:<6} {c.model.version:>7} {c.dim:>5} {c.rows:>10}  {live}")
         click.echo(f"metadata records: {await core.meta.count()}")
         for space in SPACES:
-            newest = await _newest(core, space)
+            newest = await _newest(core, settings, space)
             live = await vectors.live(space, newest.name)
             if live is None:
                 click.echo(f"{space}: no live collection yet (a server creates {newest.name} v{newest.version}'s)")
@@ -92,7 +100,7 @@ def switch(space: str, force: bool, **overrides: Any) -> None:
         vectors = core.vectors
         stored = await core.meta.ids()
         for s in SPACES if space == "all" else (space,):
-            newest = await _newest(core, s)
+            newest = await _newest(core, settings, s)
             live = await vectors.live(s, newest.name)
             if live == newest:
                 click.echo(f"{s}: {newest.name} v{newest.version} is live already")

@@ -67,10 +67,13 @@ class Illustrations:
 
     async def _bind(self) -> None:
         chosen: dict[Space, tuple[ModelRef, int]] = {}
+        unaliased: list[Space] = []
         for space, name in (("image", self.models.image_name), ("text", self.models.text_name)):
             newest = await self.models.describe(name)
             ref = ModelRef(name, newest.version)
             live = None if self.serve_next else await self.vectors.live(space, name)
+            if live is None and not self.serve_next:
+                unaliased.append(space)
             if live is None or live == ref:
                 chosen[space] = (ref, newest.output_dim("embedding"))
                 continue
@@ -87,10 +90,8 @@ class Illustrations:
         (image, image_dim), (text, text_dim) = chosen["image"], chosen["text"]
         await self.vectors.bind(image, image_dim, text, text_dim)
         self.models.pin(image.version, text.version)
-        if not self.serve_next:
-            for space, (ref, _) in chosen.items():
-                if await self.vectors.live(space, ref.name) is None:
-                    await self.vectors.set_live(space, ref)
+        for space in unaliased:  # a new deployment: the newest versions become live
+            await self.vectors.set_live(space, chosen[space][0])
 
     async def _installed(self, space: Space, live: ModelRef, newest: ModelRef):
         """The live version's description, or FAILED_PRECONDITION naming the fix."""
