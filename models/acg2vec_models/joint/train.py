@@ -23,12 +23,12 @@ from keras import layers
 @dataclass(frozen=True)
 class JointSpec:
     dim: int = 512
-    image_hidden: int = 1024  # 0: a linear image head
-    dropout: float = 0.2
+    image_hidden: int = 2048  # 0: a linear image head
+    dropout: float = 0.5
     epochs: int = 40
     batch_size: int = 256
     temperature: float = 0.05
-    learning_rate: float = 1e-3
+    learning_rate: float = 5e-4
     weight_decay: float = 1e-4
     seed: int = 0
 
