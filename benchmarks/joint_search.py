@@ -39,18 +39,24 @@ def _version_key(root: Path, names: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
-async def gallery_vectors(models, tagger, images: list[Path], batch: int) -> np.ndarray:
+async def tag_texts(tagger, images: list[Path], batch: int) -> list[str]:
+    """Each picture's tag text as indexing makes it (default tag options)."""
     from acg2vec_server.domain.illustrations.indexing import tag_text
     from acg2vec_server.domain.types import IllustrationMetadata, TagOptions
 
     out = []
     for start in range(0, len(images), batch):
+        tags = await tagger.tag([p.read_bytes() for p in images[start : start + batch]], TagOptions())
+        out.extend(tag_text(t.tags, IllustrationMetadata()) for t in tags)
+    return out
+
+
+async def gallery_vectors(models, images: list[Path], texts: list[str], batch: int) -> np.ndarray:
+    """The pictures' text-space vectors as indexing makes them (joint image side, or the tag text's vector)."""
+    out = []
+    for start in range(0, len(images), batch):
         chunk = [p.read_bytes() for p in images[start : start + batch]]
-        texts = []
-        if not await models.joint_installed():
-            tags = await tagger.tag(chunk, TagOptions())
-            texts = [tag_text(t.tags, IllustrationMetadata()) for t in tags]
-        out.extend(e.values for e in await models.embed_for_text_space(chunk, texts))
+        out.extend(e.values for e in await models.embed_for_text_space(chunk, texts[start : start + batch]))
     return np.stack(out)
 
 
@@ -62,6 +68,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="the first N held-out pictures only (quick looks)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--methods", default="tag text,joint")
+    parser.add_argument("--tags-only", action="store_true", help="only tag the pictures (cached), then stop")
     args = parser.parse_args()
 
     from acg2vec_models.image import defaults as image_defaults
@@ -88,10 +95,23 @@ def main() -> None:
         key = hashlib.sha256(json.dumps([_version_key(args.repository, names), [r.id for r in held_out]]).encode())
         path = cache / "joint" / f"eval-{method.replace(' ', '-')}-{key.hexdigest()[:16]}.npy"
         started = time.monotonic()
+        images = [Path(r.image) for r in held_out]
         if path.exists():
             vectors = np.load(path)
         else:
-            vectors = asyncio.run(gallery_vectors(models, tagger, [Path(r.image) for r in held_out], args.batch))
+            texts_of_tags: list[str] = [""] * len(images)
+            if method != "joint":
+                key_tags = hashlib.sha256(
+                    json.dumps([_version_key(args.repository, ["tagger"]), [r.id for r in held_out]]).encode()
+                ).hexdigest()[:16]
+                tags_path = cache / "joint" / f"eval-tag-texts-{key_tags}.json"
+                if not tags_path.exists():
+                    tags_path.write_text(json.dumps(asyncio.run(tag_texts(tagger, images, args.batch))))
+                texts_of_tags = json.loads(tags_path.read_text())
+                if args.tags_only:
+                    print(f"tag texts of {len(images)} pictures in {tags_path}")
+                    return
+            vectors = asyncio.run(gallery_vectors(models, images, texts_of_tags, args.batch))
             path.parent.mkdir(parents=True, exist_ok=True)
             np.save(path, vectors)
         print(f"{method}: {len(vectors)} pictures embedded in {time.monotonic() - started:.0f} s", flush=True)
