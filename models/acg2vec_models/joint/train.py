@@ -80,7 +80,8 @@ def train_heads(
             b = tf.math.l2_normalize(text(tf.gather(texts_t, text_index), training=True), axis=-1)
             logits = tf.matmul(a, b, transpose_b=True) / spec.temperature
             ids = tf.gather(text_ids_t, text_index)
-            same = tf.logical_and(tf.equal(ids[:, None], ids[None, :]), tf.logical_not(tf.eye(tf.size(ids), dtype=tf.bool)))
+            others = tf.logical_not(tf.eye(tf.size(ids), dtype=tf.bool))
+            same = tf.logical_and(tf.equal(ids[:, None], ids[None, :]), others)
             logits = tf.where(same, tf.fill(tf.shape(logits), -1e9), logits)
             labels = tf.range(tf.shape(picture_index)[0])
             loss = tf.reduce_mean(
