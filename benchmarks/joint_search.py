@@ -88,7 +88,7 @@ def main() -> None:
     for method in [m.strip() for m in args.methods.split(",")]:
         joint = "joint" if method == "joint" else "(no joint model)"
         models = Models(backend, "tagger", "illust2vec", "acgvoc2vec", "deepix", joint=joint)
-        if method == "joint" and not asyncio.run(models.joint_installed()):
+        if asyncio.run(models.choose_text_space(None)) != models.joint_name and method == "joint":
             raise SystemExit(f"no joint model in {args.repository}: run `acg2vec models build-defaults` first")
         tagger = Tagger(models, 0.5, 64)
         names = ["joint"] if method == "joint" else ["tagger", "acgvoc2vec"]
