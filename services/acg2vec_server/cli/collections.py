@@ -34,11 +34,12 @@ def _run(settings: Any, work: Any) -> Any:
 
 
 async def _newest(core: Any, space: str) -> Any:
-    """The configured model of a space at its newest installed version."""
+    """The configured model of a space at its newest installed version (text space: the joint image–text model
+    when one is installed, else the text model)."""
     from acg2vec_server.domain.types import ModelRef
 
     models = core.domain.models
-    name = models.image_name if space == "image" else models.text_name
+    name = models.image_name if space == "image" else await models.choose_text_space(None)
     return ModelRef(name, (await models.describe(name)).version)
 
 
