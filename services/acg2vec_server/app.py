@@ -59,7 +59,7 @@ def build_domain(s: Settings, inference: InferenceBackend, meta: MetadataStore, 
     )  # fmt: skip
     models = Models(
         inference, s.tagger_model, s.image_feature_model, s.text_model, s.popularity_model,
-        Batcher(inference.predict, policy, s.batch_max_sizes(), s.inference_timeouts()),
+        Batcher(inference.predict, policy, s.batch_max_sizes(), s.inference_timeouts()), s.joint_model,
     )  # fmt: skip
     tag_thresholds = read_tag_thresholds(s.tag_thresholds_file) if s.tag_thresholds_file else {}
     tagger = Tagger(models, s.default_tag_threshold, s.default_tag_top_k, tag_thresholds)

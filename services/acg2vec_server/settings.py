@@ -117,6 +117,11 @@ class Settings(BaseSettings):
     tagger_model: str = "tagger"
     image_feature_model: str = "illust2vec"
     text_model: str = "acgvoc2vec"
+    joint_model: str = Field(
+        "joint",
+        description="The joint image–text model: when installed, Search(text) compares the query with pictures in "
+        "its space (an illustration's text-space vector is its picture's); without it, with its tag text.",
+    )
     popularity_model: str = "deepix"
 
     # --- vectors (Milvus)

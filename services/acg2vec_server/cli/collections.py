@@ -34,14 +34,15 @@ def _run(settings: Any, work: Any) -> Any:
 
 
 async def _newest(core: Any, settings: Any, space: str) -> Any:
-    """The configured model of a space at its newest installed version (in-process: from the repository's folders,
-    without loading TensorFlow; TF-Serving: what it serves)."""
+    """The configured model of a space at its newest installed version (text space: the joint image–text model when
+    one is installed, else the text model; in-process: from the repository's folders, without loading TensorFlow;
+    TF-Serving: what it serves)."""
     from acg2vec_models import repository
     from acg2vec_server.domain.errors import FailedPrecondition
     from acg2vec_server.domain.types import ModelRef
 
     models = core.domain.models
-    name = models.image_name if space == "image" else models.text_name
+    name = models.image_name if space == "image" else await models.choose_text_space(None)
     if settings.inference_backend == "inprocess":
         version = repository.latest_version(settings.models_root, name)
         if version is None:

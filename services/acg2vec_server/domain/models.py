@@ -40,19 +40,27 @@ class TextInputs:
         return self.tokenizer(texts)
 
 
+#: The joint image–text model's image signature (its serving_default is the text side: see acg2vec_models/joint).
+JOINT_IMAGE_SIGNATURE = "image"
+
+
 class Models:
     """Runs the configured models; turns backend failures into domain errors with a fix in the message."""
 
     def __init__(
         self, backend: InferenceBackend, tagger: str, image: str, text: str, popularity: str,
-        batcher: Batcher | None = None,
+        batcher: Batcher | None = None, joint: str = "joint",
     ):  # fmt: skip
         self.backend = backend
         self.tagger, self.image, self.text, self.popularity = tagger, image, text, popularity
         #: The embedding models' names without a pinned version (`image` and `text` may carry `@version`: pin()).
         self.image_name, self.text_name = split_model(image)[0], split_model(text)[0]
+        #: The joint image–text model's name; the text space's model (`text_space`, maybe pinned) is it or the
+        #: text model (choose_text_space()).
+        self.joint_name = joint
+        self.text_space_name, self.text_space = self.text_name, text
         self._labels: Labels | None = None
-        self._text_inputs: TextInputs | None = None
+        self._text_inputs: dict[str, TextInputs] = {}
         #: Joins concurrent requests into model-sized batches (domain/batching.py); None runs each as it comes.
         self.batcher = batcher
 
@@ -74,24 +82,28 @@ class Models:
         return outputs, ModelRef(split_model(model)[0], version)
 
     def pin(self, image_version: int | None, text_version: int | None) -> None:
-        """Embeds with these versions of the image and text models from now on (None: the newest installed), so
-        that query vectors and new rows belong to the vector collections being served."""
+        """Embeds with these versions of the image model and the text space's model from now on (None: the newest
+        installed), so that query vectors and new rows belong to the vector collections being served."""
         self.image = self.image_name if image_version is None else f"{self.image_name}@{image_version}"
-        self.text = self.text_name if text_version is None else f"{self.text_name}@{text_version}"
+        space = self.text_space_name
+        self.text_space = space if text_version is None else f"{space}@{text_version}"
+        if space == self.text_name:
+            self.text = self.text_space
 
     async def run_images(
-        self, model: str, images: list[bytes], optional: bool = False, field: str = "images"
-    ) -> tuple[dict[str, np.ndarray], ModelRef]:
+        self, model: str, images: list[bytes], optional: bool = False, field: str = "images",
+        signature: str = "serving_default",
+    ) -> tuple[dict[str, np.ndarray], ModelRef]:  # fmt: skip
         """Runs an image model on a batch; if the graph refuses the batch, names the item(s) it refused."""
         try:
-            return await self.run(model, {"image_bytes": np.array(images, dtype=object)}, optional=optional)
+            return await self.run(model, {"image_bytes": np.array(images, dtype=object)}, signature, optional)
         except InvalidInput as e:
             if len(images) == 1:
                 raise
             bad = []
             for i, image in enumerate(images):
                 try:
-                    await self.run(model, {"image_bytes": np.array([image], dtype=object)}, optional=optional)
+                    await self.run(model, {"image_bytes": np.array([image], dtype=object)}, signature, optional)
                 except InvalidInput:
                     bad.append(FieldViolation(f"{field}[{i}]", "corrupt image"))
             raise InvalidInput(f"{', '.join(v.field for v in bad) or field}: {e.message}", bad) from None
@@ -140,40 +152,77 @@ class Models:
         outputs, ref = await self.run_images(self.image, images)
         return normalize(outputs["embedding"], ref)
 
-    async def text_inputs(self, refresh: bool = False) -> TextInputs:
-        """The text model's input path, from its signature; a token-id model's tokenizer is fetched from the
-        model itself (signature `tokenizer`), once per version, so a remote TF-Serving needs no local files."""
-        if self._text_inputs is None or refresh:
-            description = await self.describe(self.text)
+    async def text_inputs(self, refresh: bool = False, model: str | None = None) -> TextInputs:
+        """A text model's input path (default: the text model), from its signature; a token-id model's tokenizer
+        is fetched from the model itself (signature `tokenizer`), once per version, so a remote TF-Serving needs
+        no local files."""
+        model = model or self.text
+        if model not in self._text_inputs or refresh:
+            description = await self.describe(model)
             signature = description.signatures.get("serving_default")
             if signature is not None and IDS_INPUT in signature.inputs:
-                outputs, ref = await self.run_data(self.text, TOKENIZER_SIGNATURE)
+                outputs, ref = await self.run_data(model, TOKENIZER_SIGNATURE)
                 definition = np.asarray(outputs[TOKENIZER_OUTPUT]).reshape(-1)[0]
                 definition = definition.decode() if isinstance(definition, bytes) else str(definition)
-                self._text_inputs = TextInputs(ref.version, TextTokenizer(definition))
+                self._text_inputs[model] = TextInputs(ref.version, TextTokenizer(definition))
             else:
-                self._text_inputs = TextInputs(description.version, None)
-        return self._text_inputs
+                self._text_inputs[model] = TextInputs(description.version, None)
+        return self._text_inputs[model]
 
-    async def embed_texts(self, texts: list[str]) -> list[Embedding]:
-        """Batch of texts -> L2-normalised vectors; a new model version (other inputs or tokenizer) is picked
-        up on the call that first meets it."""
-        plan = await self.text_inputs()
+    async def embed_texts(self, texts: list[str], model: str | None = None) -> list[Embedding]:
+        """Batch of texts -> L2-normalised vectors of a text model (default: the text model; the joint model's
+        serving_default is its text side); a new model version (other inputs or tokenizer) is picked up on the
+        call that first meets it."""
+        model = model or self.text
+        plan = await self.text_inputs(model=model)
         for retry in (False, True):
             try:
-                outputs, ref = await self.run(self.text, plan(texts))
+                outputs, ref = await self.run(model, plan(texts))
             except InvalidInput:
                 if retry:
                     raise
-                plan = await self.text_inputs(refresh=True)  # inputs of an older version: the model changed
+                plan = await self.text_inputs(refresh=True, model=model)  # inputs of an older version
                 continue
             if ref.version == plan.version or retry:
                 break
-            fresh = await self.text_inputs(refresh=True)  # another version answered: its inputs may differ
+            fresh = await self.text_inputs(refresh=True, model=model)  # another version answered
             if fresh.tokenizer is None and plan.tokenizer is None:
                 break
             plan = fresh
         return normalize(outputs["embedding"], ref)
+
+    # ---------------------------------------------------------------------------------- the text space
+    async def joint_installed(self) -> bool:
+        try:
+            await self.backend.describe(self.joint_name)
+        except ModelNotInstalled:
+            return False
+        return True
+
+    async def choose_text_space(self, live: str | None) -> str:
+        """Which model fills the search index's text space: the live text collection's model if there is one (a
+        joint model installed later does not take over a live tag-text collection: re-index into it, as for a
+        new version), else the joint image–text model when installed (an illustration by its picture), else the
+        text model (an illustration by its tag text)."""
+        if live in (self.joint_name, self.text_name):
+            name = live
+        else:
+            name = self.joint_name if await self.joint_installed() else self.text_name
+        if name != self.text_space_name:
+            self.text_space_name = self.text_space = name
+        return name
+
+    async def embed_text_queries(self, texts: list[str]) -> list[Embedding]:
+        """Texts as queries of the text space (see choose_text_space)."""
+        return await self.embed_texts(texts, self.text_space)
+
+    async def embed_for_text_space(self, images: list[bytes], tag_texts: list[str]) -> list[Embedding]:
+        """Illustrations' vectors in the text space: their pictures through the joint model's image side when it
+        fills the space, else their tag texts through the text model."""
+        if self.text_space_name == self.joint_name:
+            outputs, ref = await self.run_images(self.text_space, images, signature=JOINT_IMAGE_SIGNATURE)
+            return normalize(outputs["embedding"], ref)
+        return await self.embed_texts(tag_texts)
 
 
 def normalize(matrix: np.ndarray, ref: ModelRef) -> list[Embedding]:

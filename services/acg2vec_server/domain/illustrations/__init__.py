@@ -68,7 +68,9 @@ class Illustrations:
     async def _bind(self) -> None:
         chosen: dict[Space, tuple[ModelRef, int]] = {}
         unaliased: list[Space] = []
-        for space, name in (("image", self.models.image_name), ("text", self.models.text_name)):
+        live_text = None if self.serve_next else await self.vectors.live("text", self.models.text_space_name)
+        text_space = await self.models.choose_text_space(live_text.name if live_text else None)
+        for space, name in (("image", self.models.image_name), ("text", text_space)):
             newest = await self.models.describe(name)
             ref = ModelRef(name, newest.version)
             live = None if self.serve_next else await self.vectors.live(space, name)

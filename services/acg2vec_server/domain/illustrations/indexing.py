@@ -35,7 +35,8 @@ class IndexResult:
 
 
 def tag_text(record_tags: list, metadata: IllustrationMetadata) -> str:
-    """The text whose vector represents an illustration in the text space: its tags, as words."""
+    """The text whose vector represents an illustration in the text space when no joint image–text model fills
+    it: its tags, as words."""
     words = [t.name.replace("_", " ") for t in record_tags if t.category != "rating"]
     return ", ".join(words) or metadata.title or "illustration"
 
@@ -80,8 +81,8 @@ class Indexing:
         tags, image_vectors = await asyncio.gather(
             self.tagger.tag(images, TagOptions()), self.models.embed_images(images)
         )
-        text_vectors = await self.models.embed_texts(
-            [tag_text(t.tags, item.metadata) for t, (_, item, _) in zip(tags, todo, strict=True)]
+        text_vectors = await self.models.embed_for_text_space(
+            images, [tag_text(t.tags, item.metadata) for t, (_, item, _) in zip(tags, todo, strict=True)]
         )
 
         async def store(i: int, item: IndexItem, t, iv, tv) -> None:
@@ -119,7 +120,8 @@ class Indexing:
         if not same:
             return []
         image = ModelRef(self.models.image_name, (await self.models.describe(self.models.image)).version)
-        text = ModelRef(self.models.text_name, (await self.models.describe(self.models.text)).version)
+        text_space = self.models.text_space
+        text = ModelRef(self.models.text_space_name, (await self.models.describe(text_space)).version)
         return [(i, r) for i, r in same if (r.image_model, r.text_model) == (image, text)]
 
     async def _store(self, item: IndexItem, tags, image_vector, text_vector) -> tuple[IllustrationRecord, Outcome]:

@@ -74,7 +74,7 @@ class Search:
             vector, space, exclude = await self._stored_vector(record, "image"), "image", record.id
             fingerprint = f"id:{record.id}"
         elif query.text is not None:
-            embedding = (await self.models.embed_texts([inputs.check_text(query.text, self.limits)]))[0]
+            embedding = (await self.models.embed_text_queries([inputs.check_text(query.text, self.limits)]))[0]
             vector, space, model = embedding.values, "text", embedding.model
             fingerprint = f"text:{query.text}"
         elif query.vector is not None:
