@@ -13,7 +13,7 @@ import pytest
 import pytest_asyncio
 
 from acg2vec_testing.model_repository import copy_repository
-from acg2vec_testing.replicas import MilvusProcess, Replicas, milvus_lite_server, settled, storm_with_a_kill, verdict
+from acg2vec_testing.replicas import Replicas, milvus_lite_server, settled, storm_with_a_kill, verdict
 
 STORM_S, KILL_AT_S = 15.0, 5.0
 #: Five processes start first (the emulator loads three models; each replica warms up): about 40 s on an idle
@@ -21,18 +21,19 @@ STORM_S, KILL_AT_S = 15.0, 5.0
 pytestmark = pytest.mark.timeout(600)
 
 
-@pytest.fixture(scope="module")
-def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> MilvusProcess:
-    """The Milvus server process the replicas share (started by the Replicas fixture)."""
-    return milvus_lite_server(tmp_path_factory.mktemp("milvus"))
+@pytest_asyncio.fixture(scope="module")
+async def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """The Milvus server the replicas share, as a process: `milvus-lite server` for now."""
+    async with milvus_lite_server(tmp_path_factory.mktemp("milvus")) as uri:
+        yield uri
 
 
 @pytest_asyncio.fixture(scope="module")
-async def replicas(tmp_path_factory: pytest.TempPathFactory, model_repo, milvus_server) -> AsyncIterator[Replicas]:
+async def replicas(tmp_path_factory: pytest.TempPathFactory, model_repo, milvus_uri: str) -> AsyncIterator[Replicas]:
     root = tmp_path_factory.mktemp("replicas")
     models = copy_repository(model_repo, root / "models", only=["tagger", "illust2vec", "acgvoc2vec"])
     # a short lease, so that the killed replica's ids are free again within the storm
-    group = Replicas(root, models, milvus_server, count=3, server_env={"ACG2VEC_LEASE_TTL_S": "6"})
+    group = Replicas(root, models, milvus_uri, count=3, server_env={"ACG2VEC_LEASE_TTL_S": "6"})
     try:
         await group.start()
         yield group

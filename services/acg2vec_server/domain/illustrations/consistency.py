@@ -215,8 +215,8 @@ class Consistency:
 
     async def repair(self, ids: list[str] | None = None, wait: bool = True) -> int:
         """Finishes interrupted writes and deletes (all pending ones, or these); returns how many it repaired.
-        wait=False (the background repair) skips ids whose lease another request holds: they are tried again
-        next round, once a live holder finished or a dead one's lease ran out."""
+        wait=False (start-up and the background repair) skips ids whose lease another request holds: they are
+        tried again next round, once a live holder finished or a dead one's lease ran out."""
         ids = await self.meta.pending() if ids is None else ids
         done: list[str] = []
         for id in ids:
