@@ -74,8 +74,7 @@ class Replicas:
         await asyncio.gather(*(s.start() for s in self.servers))
 
     async def stop(self) -> None:
-        for server in self.servers:
-            server.stop()
+        await asyncio.gather(*(asyncio.to_thread(s.stop) for s in self.servers))
         self.tfserving.stop()
         await asyncio.to_thread(self.redis.stop)
 
