@@ -38,29 +38,33 @@ async def main(args: argparse.Namespace) -> None:
         root = Path(tmp)
         models = copy_repository(models_or_dev(args.models), root / "models", ["tagger", "illust2vec", "acgvoc2vec"])
         env = {"ACG2VEC_LEASE_TTL_S": str(args.lease_ttl)}
-        group = Replicas(root, models, milvus_lite_server(root), count=args.replicas, server_env=env)
-        await group.start()
-        try:
-            start = time.monotonic()
-            storm = await storm_with_a_kill(group, args.storm, args.kill_at, args.clients)
-            storm_s = time.monotonic() - start
-            start = time.monotonic()
-            await settled(group, timeout_s=120)
-            settle_s = time.monotonic() - start
-            repair = " / ".join(line.strip() for line in group.repair("--full").splitlines() if line.strip())
-            result = await verdict(group, storm)
-            others = ", ".join(f"{k} {v}" for k, v in sorted(result.codes.items()) if k != "OK") or "0"
-            print(HEADER)
-            print(
-                f"| {args.replicas} (one SIGKILLed at {args.kill_at:g} s, restarted) | {args.clients} | "
-                f"{storm_s:.0f} | {result.operations} | {result.acknowledged_writes} | {others} | "
-                f"{len(result.lost)} | {len(result.partial)} | {settle_s:.1f} | {repair} |",
-                flush=True,
-            )
-            if result.lost or result.partial:
-                print(f"lost: {result.lost}\npartial: {result.partial}")
-        finally:
-            await group.stop()
+        async with milvus_lite_server(root) as milvus_uri:
+            await run(Replicas(root, models, milvus_uri, count=args.replicas, server_env=env), args)
+
+
+async def run(group: Replicas, args: argparse.Namespace) -> None:
+    await group.start()
+    try:
+        start = time.monotonic()
+        storm = await storm_with_a_kill(group, args.storm, args.kill_at, args.clients)
+        storm_s = time.monotonic() - start
+        start = time.monotonic()
+        await settled(group, timeout_s=120)
+        settle_s = time.monotonic() - start
+        repair = " / ".join(line.strip() for line in group.repair("--full").splitlines() if line.strip())
+        result = await verdict(group, storm)
+        others = ", ".join(f"{k} {v}" for k, v in sorted(result.codes.items()) if k != "OK") or "0"
+        print(HEADER)
+        print(
+            f"| {args.replicas} (one SIGKILLed at {args.kill_at:g} s, restarted) | {args.clients} | "
+            f"{storm_s:.0f} | {result.operations} | {result.acknowledged_writes} | {others} | "
+            f"{len(result.lost)} | {len(result.partial)} | {settle_s:.1f} | {repair} |",
+            flush=True,
+        )
+        if result.lost or result.partial:
+            print(f"lost: {result.lost}\npartial: {result.partial}")
+    finally:
+        await group.stop()
 
 
 if __name__ == "__main__":

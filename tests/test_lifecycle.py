@@ -66,7 +66,11 @@ async def test_sigterm_drains_in_flight_stream(tmp_path, model_repo, own_redis):
 
 
 async def test_crash_between_metadata_and_vector_writes_is_repaired(tmp_path, model_repo, own_redis):
-    process, target = await start_server(tmp_path, model_repo, own_redis.url, ACG2VEC_CRASH_AT="after_metadata")
+    # a 2 s lease: the dead process's lease on crash-1 has run out when the next one starts (a start-up repair
+    # leaves ids whose lease is taken to the background repair)
+    process, target = await start_server(
+        tmp_path, model_repo, own_redis.url, ACG2VEC_CRASH_AT="after_metadata", ACG2VEC_LEASE_TTL_S="2"
+    )
     try:
         async with grpc.aio.insecure_channel(target) as channel:
             with pytest.raises(grpc.aio.AioRpcError) as info:

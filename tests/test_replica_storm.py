@@ -1,8 +1,9 @@
 """Three `acg2vec serve` processes on one Redis-protocol server (Tendis commands disabled) and one Milvus server
-process, as the production overlay runs them: nine clients index, update and delete the same 50 ids through all
-three for a few seconds while one replica is SIGKILLed and restarted. Afterwards nothing is pending, `acg2vec
-repair --full` finds nothing to fix, each id is in both stores or in neither, and each id's final state is one
-the acknowledged writes allow (the last acknowledged write wins). The longer run: benchmarks/replicas.py.
+process (`milvus-lite server`), as the production overlay runs them: nine clients index, update and
+delete the same 50 ids through all three for a few seconds while one replica is SIGKILLed and restarted.
+Afterwards nothing is pending, `acg2vec repair --full` finds nothing to fix, each id is in both stores or in
+neither, and each id's final state is one the acknowledged writes allow (the last acknowledged write wins). The
+longer run: benchmarks/replicas.py.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pytest
 import pytest_asyncio
 
 from acg2vec_testing.model_repository import copy_repository
-from acg2vec_testing.replicas import MilvusProcess, Replicas, milvus_lite_server, settled, storm_with_a_kill, verdict
+from acg2vec_testing.replicas import Replicas, milvus_lite_server, settled, storm_with_a_kill, verdict
 
 STORM_S, KILL_AT_S = 15.0, 5.0
 #: Five processes start first (the emulator loads three models; each replica warms up): about 40 s on an idle
@@ -21,18 +22,20 @@ STORM_S, KILL_AT_S = 15.0, 5.0
 pytestmark = pytest.mark.timeout(600)
 
 
-@pytest.fixture(scope="module")
-def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> MilvusProcess:
-    """The Milvus server process the replicas share (started by the Replicas fixture)."""
-    return milvus_lite_server(tmp_path_factory.mktemp("milvus"))
+@pytest_asyncio.fixture(scope="module")
+async def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """The Milvus server the replicas share, as a process: `milvus-lite server` (to try the Milvus 2.3 standalone
+    server instead, return the session's `milvus_server.uri`; not yet run green here, see docs/reliability.md)."""
+    async with milvus_lite_server(tmp_path_factory.mktemp("milvus")) as uri:
+        yield uri
 
 
 @pytest_asyncio.fixture(scope="module")
-async def replicas(tmp_path_factory: pytest.TempPathFactory, model_repo, milvus_server) -> AsyncIterator[Replicas]:
+async def replicas(tmp_path_factory: pytest.TempPathFactory, model_repo, milvus_uri: str) -> AsyncIterator[Replicas]:
     root = tmp_path_factory.mktemp("replicas")
     models = copy_repository(model_repo, root / "models", only=["tagger", "illust2vec", "acgvoc2vec"])
     # a short lease, so that the killed replica's ids are free again within the storm
-    group = Replicas(root, models, milvus_server, count=3, server_env={"ACG2VEC_LEASE_TTL_S": "6"})
+    group = Replicas(root, models, milvus_uri, count=3, server_env={"ACG2VEC_LEASE_TTL_S": "6"})
     try:
         await group.start()
         yield group

@@ -158,8 +158,8 @@ class Application:
             if not up:
                 log.warning("%s starts NOT_SERVING: %s", service, "; ".join(self.monitor.problems.values()))
         consistency = self.domain.illustrations.consistency
-        if self.monitor.stores_ready():
-            await consistency.repair()
+        if self.monitor.stores_ready():  # ids whose lease another replica holds are left to the background repair
+            await consistency.repair(wait=False)
         self.repairs = BackgroundRepair(consistency, s.health_probe_interval_s, self.monitor.stores_ready)
         self.monitor.start()
         self.repairs.start()

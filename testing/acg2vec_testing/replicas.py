@@ -18,7 +18,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import grpc
 
@@ -33,27 +32,25 @@ OK, NOT_FOUND = grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND
 IMAGES = 12
 
 
-class MilvusProcess(Protocol):
-    """A Milvus server process (`milvus-lite server` today; the standalone server can take its place)."""
-
-    @property
-    def uri(self) -> str: ...
-    async def start(self) -> None: ...
-    def stop(self) -> int | None: ...
-
-
-def milvus_lite_server(root: Path) -> MilvusProcess:
-    return MilvusLiteServer(root / "milvus")
+@contextlib.asynccontextmanager
+async def milvus_lite_server(root: Path):
+    """`milvus-lite server` as a process; yields its URI (any Milvus server's URI can take its place)."""
+    server = MilvusLiteServer(root / "milvus")
+    await server.start()
+    try:
+        yield server.uri
+    finally:
+        server.stop()
 
 
 @dataclass
 class Replicas:
-    """A Redis-protocol server (Tendis commands disabled), a Milvus server, the TF-Serving emulator, and
-    `count` servers on them with their own data directories."""
+    """A Redis-protocol server (Tendis commands disabled) and the TF-Serving emulator, and `count` servers on
+    them and on the Milvus server at `milvus_uri` (their own collection), each with its own data directory."""
 
     root: Path
     models: Path
-    milvus: MilvusProcess
+    milvus_uri: str
     count: int = 3
     server_env: dict[str, str] = field(default_factory=dict)
 
@@ -61,7 +58,8 @@ class Replicas:
         self.redis = EmbeddedRedis(self.root / "redis")
         self.tfserving = TFServingEmulator(self.models, self.root)
         env = {
-            "ACG2VEC_REDIS_URL": self.redis.url, "ACG2VEC_MILVUS_URI": self.milvus.uri,
+            "ACG2VEC_REDIS_URL": self.redis.url, "ACG2VEC_MILVUS_URI": self.milvus_uri,
+            "ACG2VEC_MILVUS_COLLECTION": "replica_storm",
             "ACG2VEC_INFERENCE_BACKEND": "tfserving", "ACG2VEC_TFSERVING_TARGET": self.tfserving.target,
             "ACG2VEC_MODEL_REPOSITORY": str(self.models), "ACG2VEC_MILVUS_INDEX_TYPE": "FLAT",
             "ACG2VEC_HEALTH_PROBE_INTERVAL_S": "0.5", "ACG2VEC_INFERENCE_TIMEOUT_S": "30",
@@ -72,14 +70,12 @@ class Replicas:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.redis.start)
-        await asyncio.gather(self.milvus.start(), self.tfserving.start())
+        await self.tfserving.start()
         await asyncio.gather(*(s.start() for s in self.servers))
 
     async def stop(self) -> None:
-        for server in self.servers:
-            server.stop()
+        await asyncio.gather(*(asyncio.to_thread(s.stop) for s in self.servers))
         self.tfserving.stop()
-        self.milvus.stop()
         await asyncio.to_thread(self.redis.stop)
 
     def repair(self, *args: str) -> str:

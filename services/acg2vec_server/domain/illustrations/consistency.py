@@ -50,6 +50,10 @@ def to_row(record: IllustrationRecord) -> VectorRow:
     )  # fmt: skip
 
 
+class Busy(BackendUnavailable):
+    """Another request holds the id's lease (and the caller chose not to wait for it)."""
+
+
 @dataclass
 class Lease:
     id: str
@@ -68,13 +72,16 @@ class Consistency:
         self._pending_seen: set[str] = set()
 
     @contextlib.asynccontextmanager
-    async def exclusive(self, id: str) -> AsyncIterator[None]:
-        """Holds the right to change `id` (both stores, across processes) until the block ends."""
+    async def exclusive(self, id: str, wait: bool = True) -> AsyncIterator[None]:
+        """Holds the right to change `id` (both stores, across processes) until the block ends. Waits up to the
+        lease TTL for another holder, or (wait=False) raises Busy at once."""
         lock = self._locks.get(id)
         if lock is None:
             lock = self._locks[id] = asyncio.Lock()
+        if not wait and lock.locked():
+            raise Busy("metadata", f"illustration {id!r} is being changed by another request")
         async with lock:
-            lease = await self._acquire(id)
+            lease = await self._acquire(id, wait)
             self._leases[id] = lease
             try:
                 yield
@@ -82,7 +89,7 @@ class Consistency:
                 del self._leases[id]
                 await self._release(lease)
 
-    async def _acquire(self, id: str) -> Lease:
+    async def _acquire(self, id: str, wait: bool = True) -> Lease:
         token, ttl_ms = uuid.uuid4().hex, max(1, int(self.lease_ttl_s * 1000))
         give_up, delay = time.monotonic() + self.lease_ttl_s, 0.002
         while True:
@@ -90,8 +97,10 @@ class Consistency:
             fence = await self.meta.acquire(id, token, ttl_ms)
             if fence is not None:
                 return Lease(id, token, fence, asked + self.lease_ttl_s * 2 / 3)
+            if not wait:
+                raise Busy("metadata", f"illustration {id!r} is being changed by another request")
             if time.monotonic() >= give_up:
-                raise BackendUnavailable(
+                raise Busy(
                     "metadata",
                     f"illustration {id!r} is being changed by another request (its lease stayed taken for "
                     f"{self.lease_ttl_s:g}s); retry",
@@ -204,15 +213,22 @@ class Consistency:
             await self.meta.put(record)
         await self.meta.remove_pending(id)
 
-    async def repair(self, ids: list[str] | None = None) -> int:
-        """Finishes interrupted writes and deletes (all pending ones, or these); returns how many it repaired."""
+    async def repair(self, ids: list[str] | None = None, wait: bool = True) -> int:
+        """Finishes interrupted writes and deletes (all pending ones, or these); returns how many it repaired.
+        wait=False (start-up and the background repair) skips ids whose lease another request holds: they are
+        tried again next round, once a live holder finished or a dead one's lease ran out."""
         ids = await self.meta.pending() if ids is None else ids
+        done: list[str] = []
         for id in ids:
-            async with self.exclusive(id):
-                await self._repair_one(id)
-        if ids:
-            log.warning("repaired %d interrupted writes: %s", len(ids), ids[:20])
-        return len(ids)
+            try:
+                async with self.exclusive(id, wait):
+                    await self._repair_one(id)
+            except Busy:
+                continue
+            done.append(id)
+        if done:
+            log.warning("repaired %d interrupted writes: %s", len(done), done[:20])
+        return len(done)
 
     async def reconcile(self, chunk: int = 512) -> tuple[int, int]:
         """The full pass (`acg2vec repair --full`): finishes pending work, then gives every committed record
@@ -254,13 +270,14 @@ class Consistency:
         now = set(await self.meta.pending())
         stale = sorted(now & self._pending_seen)
         self._pending_seen = now - set(stale)
-        return await self.repair(stale) if stale else 0
+        return await self.repair(stale, wait=False) if stale else 0
 
 
 class BackgroundRepair:
     """Every `interval_s` while the stores answer (`ready()`, from the health monitor's last probe): the writes
     that failed part-way (`repair_stale`); on the first round after the stores were unavailable, everything
-    pending. Started and stopped by app.py."""
+    pending. Ids whose lease another request holds are skipped, not waited for (tried again next round).
+    Started and stopped by app.py."""
 
     def __init__(self, consistency: Consistency, interval_s: float, ready: Callable[[], bool]):
         self.consistency, self.interval_s, self.ready = consistency, interval_s, ready
@@ -271,7 +288,7 @@ class BackgroundRepair:
     async def round(self) -> None:
         ready = self.ready()
         if ready:
-            work = self.consistency.repair() if not self._was_ready else self.consistency.repair_stale()
+            work = self.consistency.repair_stale() if self._was_ready else self.consistency.repair(wait=False)
             try:
                 await asyncio.wait_for(work, timeout=max(2.0, self.interval_s * 2))
             except (Acg2vecError, TimeoutError) as e:
