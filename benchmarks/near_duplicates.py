@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image
 
 from acg2vec_models.image import edits
-from acg2vec_models.image.defaults import Recipe, load_dataset, preprocessing, views
+from acg2vec_models.image.defaults import Recipe, load_dataset, preprocessing
 from acg2vec_models.image.edits import FAMILIES, edit
 from acg2vec_models.image.near_duplicates import l2_normalise, load_rgb
 from acg2vec_testing.paths import ROOT
@@ -54,6 +54,7 @@ STEPS = {
     "+ projection trained on the edit families (default)": Recipe(content="trim", view_kind="families"),
 }
 THUMBNAIL_STEP = len(STEPS)  # + the thumbnail part of the embedding (image.thumbnail)
+RERANK_STEP = THUMBNAIL_STEP + 1  # + a verification re-rank (offline: the service has no stored thumbnails)
 CACHE = ROOT / ".cache" / "benchmarks" / "near_duplicates"
 
 
@@ -115,6 +116,11 @@ def pictures_with_twins(thumbs: np.ndarray, aspects: np.ndarray) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ queries
+def _uniform(data: bytes) -> bool:
+    """Whether a picture is one flat colour, but for JPEG noise."""
+    return float(np.asarray(load_rgb(data).convert("L"), dtype=np.float32).std()) < 4.0
+
+
 def choose_targets(longer: np.ndarray, per_family: int) -> dict[str, np.ndarray]:
     """Per family, per_family gallery rows (seeded by the family), half icons and half larger pictures."""
     icons, larger = np.flatnonzero(longer < ICON), np.flatnonzero(longer >= ICON)
@@ -157,14 +163,22 @@ def descriptor_features(recipe: Recipe, sources, tag: str, key: str) -> np.ndarr
 
 
 def step_embeddings(recipe, paths, train_rows, train_records, queries, key):
-    """(gallery, query) embeddings of one step: descriptors, then the projection trained as build-defaults does."""
+    """(gallery, query) embeddings of one step: descriptors, then the projection trained as build-defaults does.
+    The train pictures' descriptors and views come from build-defaults' own feature cache (shared with it when the
+    gallery is the whole set and the recipe is the default)."""
+    from acg2vec_models.image.defaults import backbone, train_features
+    from acg2vec_models.image.descriptor import feature_model
     from acg2vec_models.image.heads import train_projection
 
-    gallery = descriptor_features(recipe, paths, "gallery", key)
+    clean, view = train_features(
+        feature_model(backbone(recipe), recipe.descriptor), train_records, recipe, ROOT / ".cache"
+    )
+    others = np.setdiff1d(np.arange(len(paths)), train_rows)
+    gallery = np.zeros((len(paths), clean["descriptor"].shape[1]), np.float32)
+    gallery[train_rows] = clean["descriptor"]
+    gallery[others] = descriptor_features(recipe, [paths[i] for i in others], "gallery-rest", key)
     query = descriptor_features(recipe, queries, "queries", _key(key, len(queries), EDITS_CODE))
-    view_key = _key(key, recipe.view_kind, recipe.view_seed, EDITS_CODE)
-    positives = descriptor_features(recipe, lambda: views(train_records, recipe), "views", view_key)
-    projection = train_projection(gallery[train_rows], positives, recipe.projection)
+    projection = train_projection(clean["descriptor"], view["descriptor"], recipe.projection)
     return np.asarray(projection(gallery)), np.asarray(projection(query))
 
 
@@ -199,18 +213,71 @@ def repository_embeddings(repository: Path, sources: list) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ report
-def first_hits(gallery: np.ndarray, query: np.ndarray, rows: np.ndarray, thumbs: dict[str, np.ndarray]) -> tuple:
+def verification_thumbnails(sources, tag: str, key: str) -> dict[str, np.ndarray]:
+    """64 x 64 grey thumbnails of the normalised content (padded white to a square) and the content's longer side:
+    what a verification re-rank would keep per picture (4 KB)."""
+    import tensorflow as tf
+
+    from acg2vec_models.preprocessing import decode_rgb, normalise_content
+
+    def one(encoded):
+        content = normalise_content(decode_rgb(encoded))
+        shape = tf.shape(content)[:2]
+        grey = tf.reduce_sum(content * tf.constant([0.299, 0.587, 0.114]), axis=-1, keepdims=True)
+        small = tf.image.resize_with_pad(grey - 255.0, 64, 64, antialias=True) + 255.0
+        return small[..., 0], tf.reduce_max(shape)
+
+    def compute() -> dict[str, np.ndarray]:
+        images = sources if all(isinstance(x, bytes) for x in sources) else [Path(x).read_bytes() for x in sources]
+        ds = tf.data.Dataset.from_tensor_slices(tf.constant(images, dtype=tf.string)).map(one, num_parallel_calls=2)
+        out = [(a.numpy(), int(b)) for a, b in ds]
+        return {"thumbs": np.stack([o[0] for o in out]), "longer": np.array([o[1] for o in out])}
+
+    return cached(CACHE / f"{tag}-verify-{_key(key, PREPROCESSING_CODE)}.npz", compute)
+
+
+def _standardised(x: np.ndarray) -> np.ndarray:
+    x = x.reshape(len(x), -1) - x.reshape(len(x), -1).mean(1, keepdims=True)
+    return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-6)
+
+
+def _at(thumbs: np.ndarray, side: int) -> np.ndarray:
+    """Thumbnails brought down to side x side (block means over a 64-px grid resampled by Pillow's box filter)."""
+    if side >= 64:
+        return thumbs
+    return np.stack([np.asarray(Image.fromarray(t).resize((side, side), Image.Resampling.BOX)) for t in thumbs])
+
+
+def verified(sims: np.ndarray, qv: dict, gv: dict, weight: float, top: int = 30) -> np.ndarray:
+    """The top candidates re-scored by cosine + weight * (correlation of the thumbnails at the query's own
+    resolution, the better of the candidate and its mirror image); the rest keep their order behind them."""
+    order = np.argsort(-sims, axis=1)
+    for i in range(len(sims)):
+        cand = order[i, :top]
+        side = int(min(64, max(8, qv["longer"][i])))
+        q = _standardised(_at(qv["thumbs"][i : i + 1], side))
+        c = _at(gv["thumbs"][cand], side)
+        corr = np.maximum(_standardised(c) @ q[0], _standardised(c[:, :, ::-1].copy()) @ q[0])
+        order[i, :top] = cand[np.argsort(-(sims[i, cand] + weight * corr))]
+    return order
+
+
+def first_hits(
+    gallery: np.ndarray, query: np.ndarray, rows: np.ndarray, thumbs: dict[str, np.ndarray], rerank=None
+) -> tuple:
     """(rank of the picture itself, rank of the first of its duplicates, itself included), 0-based, 99 past 10."""
     sims = l2_normalise(query.astype(np.float32)) @ l2_normalise(gallery.astype(np.float32)).T
-    order = np.argsort(-sims, axis=1)[:, :10]
+    order = (rerank(sims) if rerank else np.argsort(-sims, axis=1))[:, :10]
     hit = order == rows[:, None]
     strict = np.where(hit.any(1), hit.argmax(1), 99)
     twin = twins(thumbs["thumbs"], thumbs["aspects"], rows, order) | hit
     return strict, np.where(twin.any(1), twin.argmax(1), 99)
 
 
-def table(name: str, families: np.ndarray, icon: np.ndarray, strict: np.ndarray, group: np.ndarray, share: float):
-    """Per family: icons, larger, all (weighted by the gallery's share of icons), strict all; R@1 / R@10."""
+def table(name: str, families: np.ndarray, flat: np.ndarray, icon: np.ndarray, hits: tuple, share: float) -> dict:
+    """Per family: icons, larger, all (weighted by the gallery's share of icons), strict all; R@1 / R@10. `hits`:
+    (strict, duplicate-aware) ranks; `flat`: the queries that are one flat colour."""
+    strict, group = hits
 
     def r(ranks: np.ndarray, k: int) -> float:
         return float(np.mean(ranks < k)) if len(ranks) else float("nan")
@@ -225,11 +292,16 @@ def table(name: str, families: np.ndarray, icon: np.ndarray, strict: np.ndarray,
     print("| family | icons (< 128 px) | larger | all (gallery-weighted) | all, strict id |")
     print("| --- | --- | --- | --- | --- |")
     summary = {}
-    for family in [*FAMILIES, "every family"]:
-        mask = families == family if family != "every family" else np.ones(len(families), bool)
+    rows = {f: families == f for f in FAMILIES} | {
+        "black, a drawing left (not one flat colour)": families == "black",
+        "every family": np.ones(len(families), bool),
+    }
+    rows["black, a drawing left (not one flat colour)"] &= ~flat
+    for family, mask in rows.items():
         all1, all10 = weighted(group, mask, 1), weighted(group, mask, 10)
         s1, s10 = weighted(strict, mask, 1), weighted(strict, mask, 10)
-        summary[family] = (all1, all10)
+        if family in FAMILIES or family == "every family":
+            summary[family] = (all1, all10)
         print(f"| {family} | {cell(group, mask & icon)} | {cell(group, mask & ~icon)} | "
               f"{all1:.3f} / {all10:.3f} | {s1:.3f} / {s10:.3f} |")  # fmt: skip
     return summary
@@ -239,8 +311,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--gallery", type=int, default=0, help="a seeded subset of this many pictures (0: all)")
     parser.add_argument("--per-family", type=int, default=200, help="queries per edit family (half icons)")
-    parser.add_argument("--steps", default="0,1,2,3", help="which steps to run (indices, comma-separated)")
-    parser.add_argument("--thumbnail-weights", default="0.2", help="weights of the thumbnail part to try")
+    parser.add_argument("--steps", default="0,1,2,3,4", help="which steps to run (indices, comma-separated)")
+    parser.add_argument("--rerank-weights", default="0.3", help="weights of the re-rank's thumbnail score to try")
+    parser.add_argument("--thumbnail-weights", default="0.1", help="weights of the thumbnail part to try")
     parser.add_argument("--repository", type=Path, default=None, help="evaluate this repository's illust2vec too")
     args = parser.parse_args()
 
@@ -270,6 +343,11 @@ def main() -> None:
     targets = choose_targets(longer, args.per_family)
     queries, families, rows = query_bytes(paths, targets)
     families_a, icon = np.asarray(families), longer[rows] < ICON
+    blank = [i for i, (f, q) in enumerate(zip(families, queries, strict=True)) if f == "black" and _uniform(q)]
+    flat = np.zeros(len(queries), bool)
+    flat[blank] = True
+    print(f"{len(blank)} of the black-family queries are one flat colour (a dark drawing on transparency: nothing left"
+          f" to find; {int(icon[blank].sum())} of them icons)")  # fmt: skip
     print(f"{len(queries)} queries: {len(FAMILIES)} families x {args.per_family} ({int(icon.sum())} from icons)")
 
     summaries = {}
@@ -278,7 +356,7 @@ def main() -> None:
         if i not in chosen:
             continue
         g, q = step_embeddings(recipe, paths, train_rows, train_records, queries, key)
-        summaries[name] = table(f"step {i + 1}: {name}", families_a, icon, *first_hits(g, q, rows, t), share)
+        summaries[name] = table(f"step {i + 1}: {name}", families_a, flat, icon, first_hits(g, q, rows, t), share)
     if THUMBNAIL_STEP in chosen:
         g, q = step_embeddings(list(STEPS.values())[-1], paths, train_rows, train_records, queries, key)
         tg = thumbnail_features(paths, "gallery", key)
@@ -286,12 +364,20 @@ def main() -> None:
         for weight in [float(w) for w in args.thumbnail_weights.split(",")]:
             name = f"+ thumbnail part, weight {weight}"
             hits = first_hits(fused(g, tg, weight), fused(q, tq, weight), rows, t)
-            summaries[name] = table(f"step {THUMBNAIL_STEP + 1}: {name}", families_a, icon, *hits, share)
+            summaries[name] = table(f"step {THUMBNAIL_STEP + 1}: {name}", families_a, flat, icon, hits, share)
+    if RERANK_STEP in chosen:
+        g, q = step_embeddings(list(STEPS.values())[-1], paths, train_rows, train_records, queries, key)
+        gv = verification_thumbnails(paths, "gallery", key)
+        qv = verification_thumbnails(queries, "queries", _key(key, len(queries), EDITS_CODE))
+        for weight in [float(w) for w in args.rerank_weights.split(",")]:
+            name = f"+ verification re-rank of the top 30, weight {weight} (not in the service)"
+            hits = first_hits(g, q, rows, t, lambda sims, w=weight: verified(sims, qv, gv, w))
+            summaries[name] = table(f"step {RERANK_STEP + 1}: {name}", families_a, flat, icon, hits, share)
     if args.repository is not None:
         g = repository_embeddings(args.repository, paths)
         q = repository_embeddings(args.repository, queries)
         name = f"installed illust2vec ({args.repository})"
-        summaries[name] = table(name, families_a, icon, *first_hits(g, q, rows, t), share)
+        summaries[name] = table(name, families_a, flat, icon, first_hits(g, q, rows, t), share)
 
     print("\n### What each step buys (R@1 / R@10, duplicates count as hits, gallery-weighted)\n")
     print("| step | " + " | ".join(FAMILIES) + " | every family |")

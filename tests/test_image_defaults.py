@@ -14,7 +14,7 @@ from acg2vec.v1 import common_pb2, image_feature_pb2, image_feature_pb2_grpc, ta
 from acg2vec_models import repository
 from acg2vec_models.dev import build_dev_models
 from acg2vec_models.image import thumbnail
-from acg2vec_models.image.defaults import MARKER, build_default_image_models
+from acg2vec_models.image.defaults import MARKER, Recipe, build_default_image_models
 from acg2vec_models.image.edits import edit
 from acg2vec_models.image.heads import ProjectionSpec
 from acg2vec_server.app import Application
@@ -67,7 +67,8 @@ async def test_build_defaults_on_a_subset_is_served_with_tags_rating_and_feature
                 image_feature_pb2.ExtractImageFeatureRequest(image=picture.read_bytes())
             )
             vector = feature.feature
-            assert vector.dimension == ProjectionSpec().dim + thumbnail.SIZE**2 == len(vector.values)
+            thumbnail_dims = thumbnail.SIZE**2 if Recipe().thumbnail_weight else 0
+            assert vector.dimension == ProjectionSpec().dim + thumbnail_dims == len(vector.values)
             assert vector.model.name == "illust2vec" and vector.normalized
 
             # near duplicates (issue 15): a letterboxed and a black-flattened copy of a transparent picture embed

@@ -74,7 +74,7 @@ class Recipe:
     #: What the Lite0 backbone sees (`ImagePreprocessing.content`): "trim" = the picture's content only.
     content: Literal["full", "trim"] = "trim"
     #: Weight of the tiny-thumbnail part of the illust2vec embedding (`image.thumbnail`); 0: none.
-    thumbnail_weight: float = 0.2
+    thumbnail_weight: float = 0.0
     batch_size: int = 32
     descriptor: DescriptorSpec = field(default_factory=DescriptorSpec)
     projection: ProjectionSpec = field(default_factory=ProjectionSpec)
