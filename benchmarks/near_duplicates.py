@@ -48,6 +48,7 @@ from acg2vec_models.image.near_duplicates import l2_normalise, load_rgb
 from acg2vec_testing.paths import ROOT
 
 ICON = 128  # longer side below this: an icon
+STAR_SERIES = "shapes/stars/star_"
 STEPS = {
     "today (whole picture, older views)": Recipe(content="full", view_kind="recipe"),
     "+ content normalisation (trim, whiten background)": Recipe(content="trim", view_kind="recipe"),
@@ -218,14 +219,14 @@ def verification_thumbnails(sources, tag: str, key: str) -> dict[str, np.ndarray
     what a verification re-rank would keep per picture (4 KB)."""
     import tensorflow as tf
 
-    from acg2vec_models.preprocessing import decode_rgb, normalise_content
+    from acg2vec_models.image.serving import smooth_resize
+    from acg2vec_models.preprocessing import ImagePreprocessing, decode_rgb, normalise_content
 
     def one(encoded):
         content = normalise_content(decode_rgb(encoded))
         shape = tf.shape(content)[:2]
-        grey = tf.reduce_sum(content * tf.constant([0.299, 0.587, 0.114]), axis=-1, keepdims=True)
-        small = tf.image.resize_with_pad(grey - 255.0, 64, 64, antialias=True) + 255.0
-        return small[..., 0], tf.reduce_max(shape)
+        small = smooth_resize(content, ImagePreprocessing(size=64))  # padded white to a square, as the network's
+        return tf.reduce_sum(small * tf.constant([0.299, 0.587, 0.114]), axis=-1), tf.reduce_max(shape)
 
     def compute() -> dict[str, np.ndarray]:
         images = sources if all(isinstance(x, bytes) for x in sources) else [Path(x).read_bytes() for x in sources]
@@ -274,10 +275,12 @@ def first_hits(
     return strict, np.where(twin.any(1), twin.argmax(1), 99)
 
 
-def table(name: str, families: np.ndarray, flat: np.ndarray, icon: np.ndarray, hits: tuple, share: float) -> dict:
-    """Per family: icons, larger, all (weighted by the gallery's share of icons), strict all; R@1 / R@10. `hits`:
-    (strict, duplicate-aware) ranks; `flat`: the queries that are one flat colour."""
+def table(name: str, families: np.ndarray, masks: dict[str, np.ndarray], hits: tuple, share: float) -> dict:
+    """Per family: icons (the star series and the others apart), larger, all (weighted by the gallery's share of
+    icons), strict all; R@1 / R@10. `hits`: (strict, duplicate-aware) ranks; masks: "icon", "star", "flat" (the
+    queries that are one flat colour)."""
     strict, group = hits
+    icon, star, flat = masks["icon"], masks["star"], masks["flat"]
 
     def r(ranks: np.ndarray, k: int) -> float:
         return float(np.mean(ranks < k)) if len(ranks) else float("nan")
@@ -289,8 +292,8 @@ def table(name: str, families: np.ndarray, flat: np.ndarray, icon: np.ndarray, h
         return share * r(ranks[mask & icon], k) + (1 - share) * r(ranks[mask & ~icon], k)
 
     print(f"\n### {name}\n")
-    print("| family | icons (< 128 px) | larger | all (gallery-weighted) | all, strict id |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| family | icons (< 128 px) | icons: star series | icons: others | larger | all (gallery-weighted) | "
+          "all, strict id |\n" + "| --- " * 7 + "|")  # fmt: skip
     summary = {}
     rows = {f: families == f for f in FAMILIES} | {
         "black, a drawing left (not one flat colour)": families == "black",
@@ -302,7 +305,8 @@ def table(name: str, families: np.ndarray, flat: np.ndarray, icon: np.ndarray, h
         s1, s10 = weighted(strict, mask, 1), weighted(strict, mask, 10)
         if family in FAMILIES or family == "every family":
             summary[family] = (all1, all10)
-        print(f"| {family} | {cell(group, mask & icon)} | {cell(group, mask & ~icon)} | "
+        print(f"| {family} | {cell(group, mask & icon)} | {cell(group, mask & icon & star)} | "
+              f"{cell(group, mask & icon & ~star)} | {cell(group, mask & ~icon)} | "
               f"{all1:.3f} / {all10:.3f} | {s1:.3f} / {s10:.3f} |")  # fmt: skip
     return summary
 
@@ -346,6 +350,11 @@ def main() -> None:
     blank = [i for i, (f, q) in enumerate(zip(families, queries, strict=True)) if f == "black" and _uniform(q)]
     flat = np.zeros(len(queries), bool)
     flat[blank] = True
+    stars = np.array([r.id.startswith(STAR_SERIES) for r in gallery])
+    masks = {"icon": icon, "star": stars[rows], "flat": flat}
+    n_icons, star_icons = int((longer < ICON).sum()), int((stars & (longer < ICON)).sum())
+    print(f"the generated star-polygon series ({STAR_SERIES}*: 100-px polygons that differ by point count and step) "
+          f"holds {int(stars.sum())} pictures, {star_icons} of the {n_icons} icons")  # fmt: skip
     print(f"{len(blank)} of the black-family queries are one flat colour (a dark drawing on transparency: nothing left"
           f" to find; {int(icon[blank].sum())} of them icons)")  # fmt: skip
     print(f"{len(queries)} queries: {len(FAMILIES)} families x {args.per_family} ({int(icon.sum())} from icons)")
@@ -356,7 +365,7 @@ def main() -> None:
         if i not in chosen:
             continue
         g, q = step_embeddings(recipe, paths, train_rows, train_records, queries, key)
-        summaries[name] = table(f"step {i + 1}: {name}", families_a, flat, icon, first_hits(g, q, rows, t), share)
+        summaries[name] = table(f"step {i + 1}: {name}", families_a, masks, first_hits(g, q, rows, t), share)
     if THUMBNAIL_STEP in chosen:
         g, q = step_embeddings(list(STEPS.values())[-1], paths, train_rows, train_records, queries, key)
         tg = thumbnail_features(paths, "gallery", key)
@@ -364,7 +373,7 @@ def main() -> None:
         for weight in [float(w) for w in args.thumbnail_weights.split(",")]:
             name = f"+ thumbnail part, weight {weight}"
             hits = first_hits(fused(g, tg, weight), fused(q, tq, weight), rows, t)
-            summaries[name] = table(f"step {THUMBNAIL_STEP + 1}: {name}", families_a, flat, icon, hits, share)
+            summaries[name] = table(f"step {THUMBNAIL_STEP + 1}: {name}", families_a, masks, hits, share)
     if RERANK_STEP in chosen:
         g, q = step_embeddings(list(STEPS.values())[-1], paths, train_rows, train_records, queries, key)
         gv = verification_thumbnails(paths, "gallery", key)
@@ -372,12 +381,12 @@ def main() -> None:
         for weight in [float(w) for w in args.rerank_weights.split(",")]:
             name = f"+ verification re-rank of the top 30, weight {weight} (not in the service)"
             hits = first_hits(g, q, rows, t, lambda sims, w=weight: verified(sims, qv, gv, w))
-            summaries[name] = table(f"step {RERANK_STEP + 1}: {name}", families_a, flat, icon, hits, share)
+            summaries[name] = table(f"step {RERANK_STEP + 1}: {name}", families_a, masks, hits, share)
     if args.repository is not None:
         g = repository_embeddings(args.repository, paths)
         q = repository_embeddings(args.repository, queries)
         name = f"installed illust2vec ({args.repository})"
-        summaries[name] = table(name, families_a, flat, icon, first_hits(g, q, rows, t), share)
+        summaries[name] = table(name, families_a, masks, first_hits(g, q, rows, t), share)
 
     print("\n### What each step buys (R@1 / R@10, duplicates count as hits, gallery-weighted)\n")
     print("| step | " + " | ".join(FAMILIES) + " | every family |")
