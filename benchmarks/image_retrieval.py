@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from acg2vec_models.image.defaults import Recipe, load_dataset, views
+from acg2vec_models.image.defaults import Recipe, load_dataset, preprocessing, views
 from acg2vec_models.image.near_duplicates import l2_normalise, make_query, ranks_of_targets, recall_at
 from acg2vec_testing.paths import ROOT
 
@@ -36,7 +36,7 @@ def backbone_fn(name: str, mirror: bool):
 
     if name == "lite0":
         model = efficientnet_lite.pretrained_lite0(taps=(4, 10, 14))
-        prep, maps = efficientnet_lite.PREPROCESSING, lambda x: model(x, training=False)
+        prep, maps = preprocessing(Recipe()), lambda x: model(x, training=False)  # the default's (content trimmed)
     else:
         net = nsfwjs.load_model("mobilenet_v2", ROOT / ".cache" / "packages" / "npm")
         prep, maps = nsfwjs.preprocessing("mobilenet_v2"), lambda x: {"head": net(x, training=False)[1]}
@@ -92,7 +92,8 @@ def main() -> None:
     held = np.array([r.id not in {t.id for t in data.train} for r in gallery])
     targets = np.random.default_rng(1).choice(len(gallery), NUM_QUERIES, replace=False)
     mirror = not args.no_mirror
-    cache = ROOT / ".cache" / "benchmarks" / "image_retrieval" / (args.backbone + ("" if mirror else "-no-mirror"))
+    variant = args.backbone + ("" if mirror else "-no-mirror") + f"-{recipe.content}-{recipe.view_kind}"
+    cache = ROOT / ".cache" / "benchmarks" / "image_retrieval" / variant
     fn, prep = backbone_fn(args.backbone, mirror)
     g = cached(cache / "gallery.npz", lambda: extract(fn, [r.image for r in gallery], prep, 32, "gallery"))
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from acg2vec_models.image.defaults import Recipe, backbone, load_dataset
+from acg2vec_models.image.defaults import Recipe, backbone, load_dataset, preprocessing
 from acg2vec_models.metrics import macro_map, micro_f1, multi_hot
 from acg2vec_testing.paths import ROOT
 
@@ -36,13 +36,11 @@ def report(name: str, scores: np.ndarray, labels: np.ndarray) -> None:
 def pooled_features(model, records, batch: int = 32) -> np.ndarray:
     import keras
 
-    from acg2vec_models.image.efficientnet_lite import PREPROCESSING
     from acg2vec_models.image.features import extract
 
     pool = keras.layers.GlobalAveragePooling2D()
-    return extract(lambda x: pool(model(x, training=False)["head"]), [r.image for r in records], PREPROCESSING, batch)[
-        "output"
-    ]
+    prep = preprocessing(Recipe())  # the default tagger's (content trimmed)
+    return extract(lambda x: pool(model(x, training=False)["head"]), [r.image for r in records], prep, batch)["output"]
 
 
 def savedmodel_scores(repository: Path, records, vocabulary: list[str], batch: int = 16) -> np.ndarray:
@@ -91,8 +89,9 @@ def main() -> None:
         report(f"random Lite0 + head ({len(subset)} train images)", random_scores, held_y)
 
     benchmarks = ROOT / ".cache" / "benchmarks" / "image_retrieval"
-    cache = next((c for c in (benchmarks / "lite0-no-mirror" / "gallery.npz", benchmarks / "lite0" / "gallery.npz")
-                  if c.exists()), None)  # fmt: skip
+    variant = f"{recipe.content}-{recipe.view_kind}"  # image_retrieval.py's folders for the default recipe
+    cache = next((c for c in (benchmarks / f"lite0-no-mirror-{variant}" / "gallery.npz",
+                              benchmarks / f"lite0-{variant}" / "gallery.npz") if c.exists()), None)  # fmt: skip
     gallery = sorted(data.train + data.held_out, key=lambda r: r.id)
     if cache is not None:
         position = {r.id: i for i, r in enumerate(gallery)}
@@ -104,12 +103,13 @@ def main() -> None:
         train_x, held_x = pooled_features(lite0, data.train), pooled_features(lite0, data.held_out)
     else:
         print("no cached Lite0 features: run benchmarks/image_retrieval.py first, or pass --compute-features")
-        return
-    head = train_tag_head(train_x, train_y, recipe.tag_head)
-    report("pretrained Lite0 + head (what build-defaults trains)", np.asarray(head(held_x)), held_y)
-    for hidden in (0,) if args.linear_too else ():
-        linear = train_tag_head(train_x, train_y, replace(recipe.tag_head, hidden=hidden))
-        report("pretrained Lite0 + linear head", np.asarray(linear(held_x)), held_y)
+        train_x = held_x = None
+    if train_x is not None:
+        head = train_tag_head(train_x, train_y, recipe.tag_head)
+        report("pretrained Lite0 + head (what build-defaults trains)", np.asarray(head(held_x)), held_y)
+        for hidden in (0,) if args.linear_too else ():
+            linear = train_tag_head(train_x, train_y, replace(recipe.tag_head, hidden=hidden))
+            report("pretrained Lite0 + linear head", np.asarray(linear(held_x)), held_y)
 
     if args.repository:
         scores = savedmodel_scores(args.repository, data.held_out, data.vocabulary)

@@ -3,19 +3,34 @@ weights, real training and export), then a real server serving what it built."""
 
 from __future__ import annotations
 
+import io
+
 import grpc
+import numpy as np
 import pytest
+from PIL import Image
 
 from acg2vec.v1 import common_pb2, image_feature_pb2, image_feature_pb2_grpc, tagging_pb2, tagging_pb2_grpc
 from acg2vec_models import repository
 from acg2vec_models.dev import build_dev_models
-from acg2vec_models.image.defaults import MARKER, build_default_image_models
+from acg2vec_models.image import thumbnail
+from acg2vec_models.image.defaults import MARKER, Recipe, build_default_image_models
+from acg2vec_models.image.edits import edit
 from acg2vec_models.image.heads import ProjectionSpec
 from acg2vec_server.app import Application
 from acg2vec_testing.paths import ROOT, SAMPLE_PNG, SHARED_IMAGES
 from tests.support.servers import make_settings
 
 LIMIT = 20
+
+
+def letterboxed(data: bytes) -> bytes:
+    """The first seeded "border" edit that is a letterbox (black bars) rather than a plain canvas."""
+    for seed in range(16):
+        copy = edit(data, "border", np.random.default_rng(seed))
+        if Image.open(io.BytesIO(copy)).getpixel((0, 0)) == (0, 0, 0):
+            return copy
+    raise AssertionError("no letterbox among the first 16 border edits")
 
 
 async def test_build_defaults_on_a_subset_is_served_with_tags_rating_and_features(tmp_path, redis_server):
@@ -52,8 +67,23 @@ async def test_build_defaults_on_a_subset_is_served_with_tags_rating_and_feature
                 image_feature_pb2.ExtractImageFeatureRequest(image=picture.read_bytes())
             )
             vector = feature.feature
-            assert vector.dimension == ProjectionSpec().dim == len(vector.values)
+            thumbnail_dims = thumbnail.SIZE**2 if Recipe().thumbnail_weight else 0
+            assert vector.dimension == ProjectionSpec().dim + thumbnail_dims == len(vector.values)
             assert vector.model.name == "illust2vec" and vector.normalized
+
+            # near duplicates (issue 15): a letterboxed and a black-flattened copy of a transparent picture embed
+            # next to it, nearer than another picture
+            async def embed(data: bytes) -> np.ndarray:
+                request = image_feature_pb2.ExtractImageFeatureRequest(image=data)
+                answer = await image_feature_pb2_grpc.ImageFeatureServiceStub(channel).ExtractImageFeature(request)
+                return np.asarray(answer.feature.values)
+
+            sample = SAMPLE_PNG.read_bytes()  # 69 % transparent
+            copies = {"letterbox": letterboxed(sample), "black": edit(sample, "black", np.random.default_rng(0))}
+            original, other = await embed(sample), await embed(picture.read_bytes())
+            for name, copy in copies.items():
+                similarity = float(await embed(copy) @ original)
+                assert similarity > max(0.9, float(other @ original)), name
 
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await tagging.PredictPopularity(tagging_pb2.PredictPopularityRequest(image=picture.read_bytes()))

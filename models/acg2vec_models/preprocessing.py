@@ -52,6 +52,10 @@ class ImagePreprocessing:
     #: JPEG inverse DCT: "fast" is TensorFlow's default (what DeepDanbooru used); "accurate" is libjpeg's
     #: ISLOW, bit-identical to what Pillow decodes (WD14's reference reads images with Pillow).
     jpeg_dct: Literal["fast", "accurate"] = "fast"
+    #: "full": the whole picture; "trim": the picture's content only (`normalise_content`: borders, canvas and
+    #: margins trimmed, a dark or coloured background turned white), so that a letterboxed, pasted, rotated or
+    #: black-flattened copy and the original are framed alike (the default illust2vec and tagger).
+    content: Literal["full", "trim"] = "full"
 
 
 def deepdanbooru_preprocessing(size: int) -> ImagePreprocessing:
@@ -217,9 +221,57 @@ def resize_image(rgb: tf.Tensor, prep: ImagePreprocessing) -> tf.Tensor:
     return tf.ensure_shape(padded + prep.pad_value, (size, size, 3))
 
 
+def _uniform_lines(rgb: tf.Tensor, tolerance: float, outliers: float) -> tf.Tensor:
+    """[H] bool: rows of rgb whose pixels all lie within `tolerance` (per channel) of the row's mean colour, but
+    for a fraction `outliers` of them (JPEG noise, a stray pixel)."""
+    mean = tf.reduce_mean(rgb, axis=1, keepdims=True)
+    off = tf.cast(tf.reduce_max(tf.abs(rgb - mean), axis=-1) > tolerance, tf.float32)
+    return tf.reduce_sum(off, axis=1) <= outliers * tf.cast(tf.shape(rgb)[1], tf.float32)
+
+
+def _content_span(uniform: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """[start, end) between the first and last non-uniform line (everything when all lines are uniform)."""
+    content = tf.cast(tf.where(tf.logical_not(uniform))[:, 0], tf.int32)
+    empty = tf.equal(tf.size(content), 0)
+    start = tf.cond(empty, lambda: 0, lambda: tf.reduce_min(content))
+    end = tf.cond(empty, lambda: tf.size(uniform), lambda: tf.reduce_max(content) + 1)
+    return start, end
+
+
+def strip_uniform_border(rgb: tf.Tensor, tolerance: float = 32.0, outliers: float = 0.005) -> tf.Tensor:
+    """Removes the uniform rows and columns around the picture (bars, canvas, margins), each of any colour."""
+    top, bottom = _content_span(_uniform_lines(rgb, tolerance, outliers))
+    rgb = rgb[top:bottom]
+    left, right = _content_span(_uniform_lines(tf.transpose(rgb, [1, 0, 2]), tolerance, outliers))
+    return rgb[:, left:right]
+
+
+def whiten_background(rgb: tf.Tensor, tolerance: float = 32.0, share: float = 0.5) -> tf.Tensor:
+    """When at least `share` of the outermost pixels have one colour that is not white (a transparent picture
+    flattened onto black, a canvas showing through), pixels of that colour become white, fading out over a
+    second `tolerance` (anti-aliased edges), as if the picture had been composited on white."""
+    ring = tf.concat([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]], axis=0)
+    colour = tf.sort(ring, axis=0)[tf.shape(ring)[0] // 2]  # per-channel median
+    near = tf.reduce_max(tf.abs(ring - colour), axis=-1) <= tolerance
+    background = tf.logical_and(
+        tf.reduce_mean(tf.cast(near, tf.float32)) >= share, tf.reduce_min(colour) < 255.0 - tolerance
+    )
+    distance = tf.reduce_max(tf.abs(rgb - colour), axis=-1, keepdims=True)
+    keep = tf.clip_by_value((distance - tolerance) / tolerance, 0.0, 1.0)
+    return tf.where(background, rgb * keep + 255.0 * (1.0 - keep), rgb)
+
+
+def normalise_content(rgb: tf.Tensor) -> tf.Tensor:
+    """The picture's content, framed alike whatever surrounds it: uniform borders stripped twice (a canvas or
+    bars, then the picture's own margins), then a non-white background whitened."""
+    return whiten_background(strip_uniform_border(strip_uniform_border(rgb)))
+
+
 def preprocess_image(encoded: tf.Tensor, prep: ImagePreprocessing) -> tf.Tensor:
     """One encoded image -> [size, size, 3] normalised float32 network input (serving and training share it)."""
     image = decode_rgb(encoded, prep.alpha, prep.jpeg_dct)
+    if prep.content == "trim":
+        image = normalise_content(image)
     if prep.quantize:
         image = tf.floor(image + 0.5)
     image = resize_image(image, prep)

@@ -20,6 +20,7 @@ import json
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -41,6 +42,7 @@ _FEATURE_CODE = (
     _HERE / "descriptor.py",
     _HERE / "features.py",
     _HERE / "near_duplicates.py",
+    _HERE / "edits.py",
     _HERE / "serving.py",
     _HERE.parent / "preprocessing.py",
 )
@@ -48,6 +50,7 @@ _RECIPE_CODE = (
     *_FEATURE_CODE,
     _HERE / "defaults.py",
     _HERE / "heads.py",
+    _HERE / "thumbnail.py",
     _HERE / "nsfwjs.py",
     _HERE.parent / "datasets" / "openclipart.py",
     _HERE.parent / "metrics.py",  # multi_hot: the tag head's targets
@@ -65,6 +68,13 @@ class Recipe:
     max_pixels: int = 16_000_000  # the few larger archive files are left out (decompression-bomb sized)
     view_seed: int = 3
     views_per_image: int = 1
+    #: The projection's training views: "families" = one edit of `image.edits` per view, the families in turn;
+    #: "recipe" = `near_duplicates.make_query` (crop 80-95 %, half size, colour shift, JPEG q50, half mirrored).
+    view_kind: Literal["families", "recipe"] = "families"
+    #: What the Lite0 backbone sees (`ImagePreprocessing.content`): "trim" = the picture's content only.
+    content: Literal["full", "trim"] = "trim"
+    #: Weight of the tiny-thumbnail part of the illust2vec embedding (`image.thumbnail`); 0: none.
+    thumbnail_weight: float = 0.0
     batch_size: int = 32
     descriptor: DescriptorSpec = field(default_factory=DescriptorSpec)
     projection: ProjectionSpec = field(default_factory=ProjectionSpec)
@@ -170,15 +180,29 @@ def _cached(path: Path, compute) -> dict[str, np.ndarray]:
     return arrays
 
 
+def preprocessing(recipe: Recipe):
+    """The Lite0 backbone's in-graph preprocessing under this recipe (tagger and illust2vec share it)."""
+    from acg2vec_models.image.efficientnet_lite import PREPROCESSING
+
+    return replace(PREPROCESSING, content=recipe.content)
+
+
 def views(records: list[openclipart.ClipartRecord], recipe: Recipe) -> list[bytes]:
-    """Near-duplicate views of each record (half of them mirrored), seeded by position and view number."""
+    """Near-duplicate views of each record, seeded by position and view number: one edit family per view, the
+    families in turn (or the older recipe's views, half of them mirrored)."""
+    from acg2vec_models.image.edits import FAMILIES, edit
     from acg2vec_models.image.near_duplicates import QueryRecipe, make_query
 
+    families = list(FAMILIES)
     out = []
     for v in range(recipe.views_per_image):
         for i, record in enumerate(records):
             rng = np.random.default_rng([recipe.view_seed, v, i])
-            out.append(make_query(Path(record.image).read_bytes(), rng, QueryRecipe(flip=bool((i + v) % 2))))
+            data = Path(record.image).read_bytes()
+            if recipe.view_kind == "families":
+                out.append(edit(data, families[(i + v) % len(families)], rng))
+            else:
+                out.append(make_query(data, rng, QueryRecipe(flip=bool((i + v) % 2))))
     return out
 
 
@@ -186,7 +210,16 @@ def feature_cache_dir(records: list[openclipart.ClipartRecord], recipe: Recipe, 
     """Where the features of these records live: keyed by the images, the descriptor, the views and the code."""
     key = _digest(
         [
-            json.dumps([tag, asdict(recipe.descriptor), recipe.view_seed, recipe.views_per_image]).encode(),
+            json.dumps(
+                [
+                    tag,
+                    asdict(recipe.descriptor),
+                    recipe.view_seed,
+                    recipe.views_per_image,
+                    recipe.view_kind,
+                    recipe.content,
+                ]
+            ).encode(),
             "\n".join(r.image for r in records).encode(),
             *(p.read_bytes() for p in _FEATURE_CODE),
         ]
@@ -198,19 +231,17 @@ def train_features(
     model, records: list[openclipart.ClipartRecord], recipe: Recipe, cache_dir: Path, tag: str = "lite0"
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(clean, views) backbone features of the train records, cached under cache_dir/features."""
-    from acg2vec_models.image.efficientnet_lite import PREPROCESSING
     from acg2vec_models.image.features import extract
 
+    prep = preprocessing(recipe)
     folder = feature_cache_dir(records, recipe, cache_dir, tag)
     clean = _cached(
         folder / "clean.npz",
-        lambda: extract(model, [r.image for r in records], PREPROCESSING, recipe.batch_size, "train images"),
+        lambda: extract(model, [r.image for r in records], prep, recipe.batch_size, "train images"),
     )
     view = _cached(
         folder / "views.npz",
-        lambda: extract(
-            lambda x: model(x)["descriptor"], views(records, recipe), PREPROCESSING, recipe.batch_size, "views"
-        ),
+        lambda: extract(lambda x: model(x)["descriptor"], views(records, recipe), prep, recipe.batch_size, "views"),
     )
     return clean, {"descriptor": view["output"]}
 
@@ -252,7 +283,13 @@ def illust2vec_model(trained: Trained, recipe: Recipe):
 
     image = keras.Input(trained.lite0.input_shape[1:], name="image")  # type: ignore[attr-defined]
     embedding = trained.projection(descriptor_model(trained.lite0, recipe.descriptor)(image))  # type: ignore[operator]
-    return keras.Model(image, embedding, name="illust2vec")
+    if not recipe.thumbnail_weight:
+        return keras.Model(image, embedding, name="illust2vec")
+    from acg2vec_models.image import thumbnail
+
+    small = keras.Input((thumbnail.SIZE, thumbnail.SIZE, 3), name="thumbnail")
+    parts = [embedding, thumbnail.ThumbnailDescriptor()(small)]
+    return keras.Model([image, small], thumbnail.WeightedParts(recipe.thumbnail_weight)(parts), name="illust2vec")
 
 
 def tagger_model(trained: Trained):
@@ -275,13 +312,13 @@ def tagger_model(trained: Trained):
 
 
 def export(trained: Trained, recipe: Recipe, root: Path) -> dict[str, Path]:
-    from acg2vec_models.image import efficientnet_lite, nsfwjs
+    from acg2vec_models.image import nsfwjs, thumbnail
     from acg2vec_models.image.heads import RATING_TAGS
     from acg2vec_models.image.serving import export_embedder, export_tagger
     from acg2vec_models.vocab import TagEntry
 
     labels = [TagEntry(t, "general") for t in trained.vocabulary] + [TagEntry(r, "rating") for r in RATING_TAGS]
-    prep = efficientnet_lite.PREPROCESSING
+    prep = preprocessing(recipe)
     return {
         "tagger": export_tagger(
             tagger_model(trained),
@@ -290,7 +327,9 @@ def export(trained: Trained, recipe: Recipe, root: Path) -> dict[str, Path]:
             repo.next_version_dir(root, "tagger"),
         ),
         "illust2vec": export_embedder(
-            illust2vec_model(trained, recipe), prep, repo.next_version_dir(root, "illust2vec")
+            illust2vec_model(trained, recipe),
+            [prep, thumbnail.PREPROCESSING] if recipe.thumbnail_weight else [prep],
+            repo.next_version_dir(root, "illust2vec"),
         ),
     }
 

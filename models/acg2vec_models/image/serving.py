@@ -20,7 +20,7 @@ import keras
 import tensorflow as tf
 
 from acg2vec_models.export import labels_function
-from acg2vec_models.preprocessing import ImagePreprocessing, decode_rgb
+from acg2vec_models.preprocessing import ImagePreprocessing, decode_rgb, normalise_content
 from acg2vec_models.repository import LABELS_SIGNATURE, check_batchable
 from acg2vec_models.vocab import TagEntry
 
@@ -45,9 +45,10 @@ def smooth_resize(rgb: tf.Tensor, prep: ImagePreprocessing) -> tf.Tensor:
 def preprocess_image(encoded: tf.Tensor, preps: Sequence[ImagePreprocessing]) -> tuple[tf.Tensor, ...]:
     """One encoded image -> one normalised network input per preprocessing (decoded once)."""
     rgb = decode_rgb(encoded)
+    content = normalise_content(rgb) if any(p.content == "trim" for p in preps) else rgb
     out = []
     for prep in preps:
-        image = smooth_resize(rgb, prep)
+        image = smooth_resize(content if prep.content == "trim" else rgb, prep)
         if prep.channels == "BGR":
             image = image[..., ::-1]
         out.append((image - prep.offset) / prep.scale)
@@ -104,7 +105,7 @@ def export_tagger(
     return _save(module, {"serving_default": module.serve, LABELS_SIGNATURE: labels}, path)
 
 
-def export_embedder(model: keras.Model, prep: ImagePreprocessing, path: Path) -> Path:
-    """serving_default(image_bytes) -> embedding[N,D]."""
-    module = _ImageModule(model, [prep], "embedding")
+def export_embedder(model: keras.Model, preps: Sequence[ImagePreprocessing], path: Path) -> Path:
+    """serving_default(image_bytes) -> embedding[N,D]. The Keras model takes one input per preprocessing."""
+    module = _ImageModule(model, preps, "embedding")
     return _save(module, {"serving_default": module.serve}, path)

@@ -101,7 +101,6 @@ class TrainingSet:
 def training_set(root: Path, recipe: Recipe, cache_dir: Path) -> TrainingSet:
     from acg2vec_models.image import defaults as image_defaults
     from acg2vec_models.image.descriptor import feature_model
-    from acg2vec_models.image.efficientnet_lite import PREPROCESSING
     from acg2vec_models.image.features import extract
     from acg2vec_models.joint.data import picture_texts
 
@@ -111,7 +110,8 @@ def training_set(root: Path, recipe: Recipe, cache_dir: Path) -> TrainingSet:
 
     def compute() -> dict[str, np.ndarray]:
         model = feature_model(image_defaults.backbone(image_recipe), image_recipe.descriptor)
-        return extract(model, [r.image for r in dataset.train], PREPROCESSING, image_recipe.batch_size, "train")
+        prep = image_defaults.preprocessing(image_recipe)  # the image models' own (their cache is shared)
+        return extract(model, [r.image for r in dataset.train], prep, image_recipe.batch_size, "train")
 
     features = image_defaults._cached(folder / "clean.npz", compute)  # the image models' own cache
     by_id = picture_texts(dataset.train, cache_dir / "joint" / "texts.jsonl")
@@ -144,7 +144,7 @@ def build_default_joint_model(
     root: Path, *, force: bool = False, limit: int | None = None, cache_dir: Path | None = None
 ) -> dict[str, Path]:
     """Installs the joint space as a new version of `joint` unless the newest version is this recipe's."""
-    from acg2vec_models.image.efficientnet_lite import PREPROCESSING
+    from acg2vec_models.image import defaults as image_defaults
     from acg2vec_models.joint.export import export_joint
     from acg2vec_models.joint.train import train_heads
 
@@ -164,7 +164,7 @@ def build_default_joint_model(
         root / TEXT_MODEL / str(repo.latest_version(root, TEXT_MODEL)),
         text_head,
         image_model(recipe, image_head),
-        PREPROCESSING,
+        image_defaults.preprocessing(image_defaults.Recipe()),  # what its features were computed with
         repo.next_version_dir(root, NAME),
     )
     info = {
