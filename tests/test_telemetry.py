@@ -300,8 +300,12 @@ def test_backend_call_metrics_by_backend_and_operation(live: Live):
     assert live.value("acg2vec_backend_calls_total", backend="redis", operation="ping") >= 1  # health probes
     assert live.value("acg2vec_backend_call_duration_seconds_count", backend="milvus", operation="search") == 1
     assert live.value("acg2vec_backend_errors_total", backend="milvus", operation="search", error="unavailable") == 0
-    # the refused empty text never reached a model; nothing failed in a backend
-    assert not [(labels, v) for labels, v in live.samples("acg2vec_backend_errors_total") if v]
+    # the refused empty text never reached a model; nothing failed in a backend. One error is by design: the first
+    # binding of a new deployment asks whether the optional joint image-text model is installed (it is not here)
+    probe = {"backend": "inprocess", "operation": "describe", "error": "model_not_installed"}
+    errors = [(labels, v) for labels, v in live.samples("acg2vec_backend_errors_total") if v]
+    assert [(labels, v) for labels, v in errors if labels != probe] == []
+    assert live.value("acg2vec_backend_errors_total", **probe) <= 1  # once, not on every health probe
 
 
 def test_spans_are_exported_over_otlp_with_the_callers_trace(live: Live):
