@@ -19,6 +19,8 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
+from acg2vec_models.text.retrieval import unit
+
 
 @dataclass(frozen=True)
 class JointSpec:
@@ -45,11 +47,6 @@ def image_head(input_dim: int, mean: np.ndarray, std: np.ndarray, spec: JointSpe
 def text_head(input_dim: int, spec: JointSpec) -> keras.Model:
     x = keras.Input((input_dim,), name="text_vector")
     return keras.Model(x, layers.Dense(spec.dim, name="project")(x), name="joint_text_head")
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def train_heads(

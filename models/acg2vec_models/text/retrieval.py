@@ -35,7 +35,8 @@ class Retrieval:
         return f"{self.source}->{self.target}"
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (zero rows stay zero): cosine as a dot product."""
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
@@ -45,7 +46,7 @@ def evaluate(
 ) -> list[Retrieval]:
     texts = sorted({t for a in anime for ts in a.titles.values() for t in ts})
     index = {t: i for i, t in enumerate(texts)}
-    vectors = _unit(encode(texts))
+    vectors = unit(encode(texts))
     results = []
     for src, tgt in directions:
         gallery = [(i, t) for i, a in enumerate(anime) for t in a.titles.get(tgt, [])]
