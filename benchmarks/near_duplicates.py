@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image
 
 from acg2vec_models.image import edits
-from acg2vec_models.image.defaults import Recipe, load_dataset, preprocessing
+from acg2vec_models.image.defaults import Recipe, cached, load_dataset, preprocessing
 from acg2vec_models.image.edits import FAMILIES, edit
 from acg2vec_models.image.near_duplicates import l2_normalise, load_rgb
 from acg2vec_testing.paths import ROOT
@@ -71,17 +71,6 @@ def _key(*parts: object) -> str:
 
 PREPROCESSING_CODE = _code("preprocessing.py", "image/serving.py", "image/thumbnail.py")
 EDITS_CODE = _code("image/edits.py")  # queries and views depend on it
-
-
-def cached(path: Path, compute) -> dict[str, np.ndarray]:
-    if path.exists():
-        with np.load(path) as data:
-            return dict(data)
-    arrays = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path.with_suffix(".tmp.npz"), **arrays)
-    path.with_suffix(".tmp.npz").replace(path)
-    return arrays
 
 
 # ------------------------------------------------------------------------------------------------ ground truth

@@ -168,7 +168,8 @@ def backbone(recipe: Recipe, pretrained: bool = True):
     return efficientnet_lite.build_lite0(taps=taps)
 
 
-def _cached(path: Path, compute) -> dict[str, np.ndarray]:
+def cached(path: Path, compute) -> dict[str, np.ndarray]:
+    """Arrays from `path`, else computed and saved (atomically: a killed run leaves no half-written cache)."""
     if path.exists():
         with np.load(path) as data:
             return dict(data)
@@ -235,11 +236,11 @@ def train_features(
 
     prep = preprocessing(recipe)
     folder = feature_cache_dir(records, recipe, cache_dir, tag)
-    clean = _cached(
+    clean = cached(
         folder / "clean.npz",
         lambda: extract(model, [r.image for r in records], prep, recipe.batch_size, "train images"),
     )
-    view = _cached(
+    view = cached(
         folder / "views.npz",
         lambda: extract(lambda x: model(x)["descriptor"], views(records, recipe), prep, recipe.batch_size, "views"),
     )

@@ -113,7 +113,7 @@ def training_set(root: Path, recipe: Recipe, cache_dir: Path) -> TrainingSet:
         prep = image_defaults.preprocessing(image_recipe)  # the image models' own (their cache is shared)
         return extract(model, [r.image for r in dataset.train], prep, image_recipe.batch_size, "train")
 
-    features = image_defaults._cached(folder / "clean.npz", compute)  # the image models' own cache
+    features = image_defaults.cached(folder / "clean.npz", compute)  # the image models' own cache
     by_id = picture_texts(dataset.train, cache_dir / "joint" / "texts.jsonl")
     texts, owners = [], []
     for p, record in enumerate(dataset.train):
