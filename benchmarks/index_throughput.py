@@ -1,7 +1,8 @@
 """Indexing throughput (images/s) end to end vs the bare models on the same images (prints numbers; not a test).
 
-- bare: the SavedModels that indexing runs (tagger, illust2vec, and the text model on each image's tag text),
-  called in-process in batches, nothing else; images/s = images / time.
+- bare: the SavedModels that indexing runs (tagger, illust2vec, and for the text space the joint model's image
+  side when it is installed, else the text model on each image's tag text: the server's choice), called
+  in-process in batches, nothing else; images/s = images / time.
 - end to end: `acg2vec index` (the CLI, a separate process) streams the same images, as a manifest, into a
   fresh `acg2vec serve` (embedded Milvus Lite and Redis-protocol server, appendfsync always) with the same
   model repository: decoding checks, tagging, both embeddings, both stores, the gRPC stream. images/s = images /
@@ -59,6 +60,10 @@ class Bare:
         self.tagger = Tagger(self.models, 0.5, 64)
         self.batch = batch
 
+    async def prepare(self) -> str:
+        """Chooses the text space's model as a fresh server does (no live collection yet)."""
+        return await self.models.choose_text_space(None)
+
     async def one_pass(self, data: list[bytes]) -> float:
         from acg2vec_server.domain.illustrations.indexing import tag_text
         from acg2vec_server.domain.types import IllustrationMetadata, TagOptions
@@ -68,7 +73,7 @@ class Bare:
             chunk = data[i : i + self.batch]
             tags = await self.tagger.tag(chunk, TagOptions())
             await self.models.embed_images(chunk)
-            await self.models.embed_texts([tag_text(t.tags, IllustrationMetadata()) for t in tags])
+            await self.models.embed_for_text_space(chunk, [tag_text(t.tags, IllustrationMetadata()) for t in tags])
         return len(data) / (time.perf_counter() - start)
 
 
@@ -120,6 +125,7 @@ async def main() -> None:
         paths = openclipart_images(args.n, args.max_bytes)
     data = [p.read_bytes() for p in paths]
     bare = Bare(args.repository, args.batch)
+    print(json.dumps({"text_space": await bare.prepare()}))
     await bare.one_pass(data[: args.batch])  # warm-up: load the models, trace
     ratio = Ratio(f"indexing {len(paths)} images, end to end vs bare models", 0.95)
     with tempfile.TemporaryDirectory(prefix="acg2vec-bench-") as tmp:

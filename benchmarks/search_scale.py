@@ -17,7 +17,9 @@ same collection, same ef and filter) and prints the service's 16-client QPS as a
     .venv/bin/python benchmarks/search_scale.py --n 1000000 --image-dim 512 --text-dim 512
     .venv/bin/python benchmarks/search_scale.py --engine standalone --n 100000
 
-The data set is cached under --data-dir (default .cache/bench/search-<n>-<dims>-<index>): a rerun only queries.
+The data set is cached under --data-dir (default .cache/bench/search-<n>-<dims>-<index>): a rerun only queries
+(--load-only loads and stops, so that the long load can run while the machine is busy and the queries when it is
+quiet).
 """
 
 from __future__ import annotations
@@ -205,6 +207,9 @@ async def main() -> None:
     parser.add_argument("--engine", default="lite", choices=["lite", "standalone"])
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--reload", action="store_true", help="drop the cached data set and load again")
+    parser.add_argument(
+        "--load-only", action="store_true", help="load (and on a server index) the data set, then stop; query later"
+    )
     args = parser.parse_args()
     engine = "" if args.engine == "lite" else f"-{args.engine}"
     name = f"search-{args.n}-{args.image_dim}-{args.text_dim}-{args.index}{engine}"
@@ -221,6 +226,8 @@ async def main() -> None:
         if child.exitcode != 0:
             raise SystemExit(f"loading the data set failed (exit code {child.exitcode})")
         (data / ".loaded").write_text("ok")
+    if args.load_only:
+        return
     models = shaped_repository(ROOT / ".cache" / "bench" / f"models-{args.image_dim}-{args.text_dim}",
                                args.image_dim, args.text_dim)  # fmt: skip
     queries = mixture(args.queries, args.image_dim, seed=99)

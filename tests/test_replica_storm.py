@@ -1,5 +1,5 @@
 """Three `acg2vec serve` processes on one Redis-protocol server (Tendis commands disabled) and one Milvus server
-process (`milvus-lite server`), as the production overlay runs them: nine clients index, update and
+process (the Milvus 2.3 standalone server), as the production overlay runs them: nine clients index, update and
 delete the same 50 ids through all three for a few seconds while one replica is SIGKILLed and restarted.
 Afterwards nothing is pending, `acg2vec repair --full` finds nothing to fix, each id is in both stores or in
 neither, and each id's final state is one the acknowledged writes allow (the last acknowledged write wins). The
@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
+from acg2vec_server.backends.milvus_standalone import MilvusStandalone
 from acg2vec_testing.model_repository import copy_repository
-from acg2vec_testing.replicas import Replicas, milvus_lite_server, settled, storm_with_a_kill, verdict
+from acg2vec_testing.replicas import Replicas, settled, storm_with_a_kill, verdict
 
 STORM_S, KILL_AT_S = 15.0, 5.0
 #: Five processes start first (the emulator loads three models; each replica warms up): about 40 s on an idle
@@ -22,12 +23,11 @@ STORM_S, KILL_AT_S = 15.0, 5.0
 pytestmark = pytest.mark.timeout(600)
 
 
-@pytest_asyncio.fixture(scope="module")
-async def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
-    """The Milvus server the replicas share, as a process: `milvus-lite server` (to try the Milvus 2.3 standalone
-    server instead, return the session's `milvus_server.uri`; not yet run green here, see docs/reliability.md)."""
-    async with milvus_lite_server(tmp_path_factory.mktemp("milvus")) as uri:
-        yield uri
+@pytest.fixture(scope="module")
+def milvus_uri(milvus_server: MilvusStandalone) -> str:
+    """The Milvus server the replicas share: the session's Milvus 2.3 standalone server (the replicas use their own
+    collections on it). `milvus_lite_server` (acg2vec_testing.replicas) is the lighter stand-in for other rigs."""
+    return milvus_server.uri
 
 
 @pytest_asyncio.fixture(scope="module")
