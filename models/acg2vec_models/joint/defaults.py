@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from acg2vec_models import repository as repo
+from acg2vec_models import steps
 from acg2vec_models.joint.train import JointSpec
 
 NAME = "joint"
@@ -154,19 +155,21 @@ def build_default_joint_model(
         return {NAME: root / NAME / str(repo.latest_version(root, NAME))}
     cache_dir = (cache_dir or Path(".cache")).resolve()
     started = time.monotonic()
-    data = training_set(root, recipe, cache_dir)
-    _log(f"joint space: {len(data.image_features)} pictures, {len(data.texts)} English texts")
-    vectors = text_vectors(root, data.texts, cache_dir)
-    image_head, text_head = train_heads(data.image_features, vectors, data.owners, recipe.spec)
+    with steps.step("joint data (image features, text tower vectors)"):
+        data = training_set(root, recipe, cache_dir)
+        _log(f"joint space: {len(data.image_features)} pictures, {len(data.texts)} English texts")
+        vectors = text_vectors(root, data.texts, cache_dir)
+    with steps.step("joint training (heads)"):
+        image_head, text_head = train_heads(data.image_features, vectors, data.owners, recipe.spec)
     trained_s = time.monotonic() - started
-    _log(f"joint space trained in {trained_s:.0f} s; exporting")
-    path = export_joint(
-        root / TEXT_MODEL / str(repo.latest_version(root, TEXT_MODEL)),
-        text_head,
-        image_model(recipe, image_head),
-        image_defaults.preprocessing(image_defaults.Recipe()),  # what its features were computed with
-        repo.next_version_dir(root, NAME),
-    )
+    with steps.step("joint export (SavedModel)"):
+        path = export_joint(
+            root / TEXT_MODEL / str(repo.latest_version(root, TEXT_MODEL)),
+            text_head,
+            image_model(recipe, image_head),
+            image_defaults.preprocessing(image_defaults.Recipe()),  # what its features were computed with
+            repo.next_version_dir(root, NAME),
+        )
     info = {
         "fingerprint": fp,
         "recipe": asdict(recipe),
