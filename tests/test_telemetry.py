@@ -301,10 +301,13 @@ def test_backend_call_metrics_by_backend_and_operation(live: Live):
     assert live.value("acg2vec_backend_call_duration_seconds_count", backend="milvus", operation="search") == 1
     assert live.value("acg2vec_backend_errors_total", backend="milvus", operation="search", error="unavailable") == 0
     # the refused empty text never reached a model; nothing failed in a backend. One error is by design: the first
-    # binding of a new deployment asks whether the optional joint image-text model is installed (it is not here)
+    # binding of a new deployment asks whether the optional joint image-text model is installed (it is not here).
+    # A health probe's ping that outlives the probe's timeout on a busy machine is cancelled by the probe (counted
+    # as error="cancelled"): the prober gave up, no backend failed.
     probe = {"backend": "inprocess", "operation": "describe", "error": "model_not_installed"}
     errors = [(labels, v) for labels, v in live.samples("acg2vec_backend_errors_total") if v]
-    assert [(labels, v) for labels, v in errors if labels != probe] == []
+    gave_up = [lb for lb, _ in errors if (lb.get("operation"), lb.get("error")) == ("ping", "cancelled")]
+    assert [(labels, v) for labels, v in errors if labels != probe and labels not in gave_up] == []
     assert live.value("acg2vec_backend_errors_total", **probe) <= 1  # once, not on every health probe
 
 
